@@ -1,0 +1,58 @@
+"""Prometheus metrics of one agent, in a registry of its own (no module-level state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+P = "prodsmart_edge_"
+
+
+class Metrics:
+    """Every metric the agent exports; each component takes the object and updates its own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        # sources
+        self.readings = Counter(P + "readings", "Readings received", ["connection"], registry=r)
+        self.bad_readings = Counter(
+            P + "bad_readings", "Readings ignored: bad quality or unusable value",
+            ["connection", "reason"], registry=r,
+        )
+        self.connection_up = Gauge(P + "connection_up", "1 while the connection works", ["connection"],
+                                   registry=r)
+        self.connection_errors = Counter(P + "connection_errors", "Connection attempts or reads that failed",
+                                         ["connection"], registry=r)
+        self.poll_overruns = Counter(P + "poll_overruns", "Poll cycles that took longer than the interval",
+                                     ["connection"], registry=r)
+        self.parse_errors = Counter(P + "payload_errors", "Messages whose payload could not be parsed",
+                                    ["connection"], registry=r)
+        # logic
+        self.counter_resets = Counter(P + "counter_resets", "Counter resets accepted", ["machine", "tag"],
+                                      registry=r)
+        self.counter_wraps = Counter(P + "counter_wraps", "Counter wraps", ["machine", "tag"], registry=r)
+        self.counter_rejected = Counter(P + "counter_jumps_rejected", "Jumps refused by max_rate",
+                                        ["machine", "tag"], registry=r)
+        self.duplicates = Counter(P + "duplicate_messages", "Delta messages dropped as duplicates",
+                                  ["machine"], registry=r)
+        # outbox
+        self.queue_depth = Gauge(P + "queue_depth", "Calls waiting to be sent", ["machine"], registry=r)
+        self.oldest_pending = Gauge(P + "oldest_pending_seconds", "Age of the oldest waiting call",
+                                    ["machine"], registry=r)
+        self.dead_letters = Gauge(P + "dead_letters", "Calls Prodsmart refused, kept for review",
+                                  registry=r)
+        self.db_errors = Counter(P + "storage_errors", "Database operations that failed", registry=r)
+        # uplink
+        self.calls = Counter(P + "calls", "Calls sent to Prodsmart", ["endpoint", "status"], registry=r)
+        self.retries = Counter(P + "retries", "Calls that will be retried", ["endpoint", "reason"], registry=r)
+        self.rate_limited = Counter(P + "rate_limit_pauses", "429 answers that paused every lane",
+                                    registry=r)
+        self.auth_failures = Counter(P + "auth_failures", "401/403 answers", registry=r)
+        self.already_delivered = Counter(
+            P + "counter_already_delivered",
+            "Counter calls refused as not increasing after an unknown outcome, counted as delivered",
+            registry=r,
+        )
+        self.call_latency = Histogram(P + "call_seconds", "Time of one Prodsmart call", ["endpoint"],
+                                      registry=r)
+        self.uplink_paused = Gauge(P + "uplink_paused", "1 while every lane waits (429, bad credentials)",
+                                   ["reason"], registry=r)

@@ -1,0 +1,68 @@
+"""The values that travel between stages: readings (source -> logic) and events (logic -> outbox)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+Scalar = float | int | bool | str
+
+
+class Quality(enum.Enum):
+    """How far a reading can be trusted; only GOOD readings change the machine logic's state."""
+
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one tag, as a source saw it.
+
+    `tag` is the tag's key (`TagBinding.key`), unique within its connection. Sources know
+    nothing of machines: the machine logic maps (connection, tag) to machine roles.
+    `msg_id` is set by sources whose messages carry an id (MQTT deltas), for de-duplication.
+    """
+
+    connection: str
+    tag: str
+    value: Scalar | None
+    quality: Quality = Quality.GOOD
+    source_time: float | None = None
+    received_time: float = 0.0
+    msg_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CounterChanged:
+    """New cumulative totals of a machine (without the operator offset).
+
+    `count` is None when only waste grew. `waste` holds only the codes whose totals grew.
+    """
+
+    machine: str
+    count: int | None
+    waste: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStateChanged:
+    """A debounced run-state transition; `type` is the downtime type it opens or closes."""
+
+    machine: str
+    running: bool
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParametersChanged:
+    """Process values that passed their deadband / interval filters, by parameter code."""
+
+    machine: str
+    values: Mapping[str, Scalar]
+
+
+Event = CounterChanged | RunStateChanged | ParametersChanged

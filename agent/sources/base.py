@@ -1,0 +1,68 @@
+"""The contract between the service and a protocol source (Modbus, OPC UA, MQTT, simulated).
+
+A source is built with its connection's name, its validated connection config, the tags it
+must read (deduplicated, each with the key its readings carry) and a `SourceContext`. Its
+`run()` coroutine runs until cancelled and is the *only* place that reconnects for that
+protocol: it connects, reads or subscribes, hands readings to `ctx.emit`, reports the
+connection state through `ctx.connection_up/down`, and on a lost connection waits with
+`agent.backoff.Backoff` and tries again. It never raises for a device fault; it raises only
+for a bug. Sources know nothing of machines or Prodsmart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from agent.model import Reading
+
+
+@dataclass(frozen=True, slots=True)
+class TagBinding:
+    """A tag a source must read: the key its readings carry, and its protocol spec."""
+
+    key: str
+    spec: BaseModel
+    # Roles this tag plays (counter, waste, running, stop_reason, parameter), e.g. so a
+    # source can treat delta counters specially; informative only.
+    roles: tuple[str, ...] = ()
+
+
+class Emit(Protocol):
+    async def __call__(self, readings: Sequence[Reading], *, durable: bool = False) -> None:
+        """Hand readings to the machine logic.
+
+        With `durable=True` it returns only once their effect is committed to SQLite (use it
+        before acknowledging a message that the publisher would not send again).
+        """
+
+
+@dataclass
+class SourceContext:
+    """What the service gives every source."""
+
+    emit: Emit
+    connection_up: Callable[[str], None]
+    connection_down: Callable[[str, str], None]
+    # secret(connection, field) -> value from the environment / credentials, or None.
+    secret: Callable[[str, str], str | None]
+    metrics: Any = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    """A running protocol connection."""
+
+    def __init__(
+        self, name: str, config: Any, tags: Sequence[TagBinding], ctx: SourceContext
+    ) -> None: ...
+
+    async def run(self) -> None:
+        """Read until cancelled; owns connect, reconnect with backoff, and state reports."""
+
+
+SourceFactory = Callable[[str, Any, Sequence[TagBinding], SourceContext], Source]
+Runner = Callable[[], Awaitable[None]]

@@ -1,0 +1,1 @@
+"""MQTT source (aiomqtt over paho-mqtt)."""
