@@ -25,6 +25,9 @@ class SimulatedConnection(Strict):
     modulus: int | None = Field(None, ge=2, description="raw counter wraps at this value")
     scrap_every: int = Field(50, ge=1, description="one scrap part per N good parts")
     reasons: int = Field(2, ge=1, description="stop reason codes 1..N, in turn")
+    # Production only between these epoch times (tests compute the exact true count).
+    start_at: float | None = None
+    stop_at: float | None = None
 
 
 class SimulatedTag(Strict):
