@@ -1,0 +1,174 @@
+"""End to end: the agent as a separate process, SIGKILLed mid-run, against a faulty sandbox.
+
+The simulated PLCs go on producing while the agent is dead, exactly like real machines,
+so the true count at the end is known; the sandbox ledger must hold exactly that.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.sandbox import Fault
+from agent.sources.simulated import SimulatedPlc
+from agent.sources.simulated_config import SimulatedConnection, SimulatedTag
+from tests.conftest import free_port
+from tests.harness import AgentProcess, agent_env, start_sandbox, wait_until, write_config
+
+RESET_EVERY = 11.0
+TYPES = {1: "Maintenance", 2: "Material shortage"}
+
+CONFIG = """
+prodsmart:
+  url: {url}
+  requests_per_minute: 110
+  timeout: 1s
+  retry_min: 100ms
+  retry_max: 1500ms
+storage:
+  path: {db}
+  commit_interval: 100ms
+metrics:
+  listen: 127.0.0.1:{metrics_port}
+connections:
+  sim-a:
+    simulated: {{seed: 7, poll: 100ms, rate: 20, cycle: 9s, stopped: 3500ms, reset_every: {reset}s,
+                scrap_every: 15, start_at: {start}, stop_at: {stop}}}
+  sim-b:
+    simulated: {{seed: 7, poll: 100ms, rate: 30, cycle: 10s, stopped: 3500ms, modulus: 256,
+                scrap_every: 15, start_at: {start}, stop_at: {stop}}}
+machines:
+{machines}
+"""
+
+MACHINE = """  {code}:
+    connection: {conn}
+    counter: {{signal: count, unit: {unit}}}
+    waste:
+      Scrap: {{signal: scrap, unit: {unit}}}
+    running: {{signal: running, unit: {unit}}}
+    stop_reason:
+      tag: {{signal: reason, unit: {unit}}}
+      types: {{1: Maintenance, 2: Material shortage}}
+      default: Stopped
+"""
+
+MACHINES = [("M1", "sim-a", "a"), ("M2", "sim-a", "b"), ("M3", "sim-b", "c")]
+
+
+def _plc(config_path: Path, conn: str, unit: str) -> SimulatedPlc:
+    cfg = load_config(config_path).connections[conn].config
+    assert isinstance(cfg, SimulatedConnection)
+    return SimulatedPlc(cfg, unit)
+
+
+def _transitions(plc: SimulatedPlc, start: float, stop: float) -> list[tuple[int, str]]:
+    """(running, type) transitions of the schedule in (start, stop], sampled every 10 ms."""
+    out: list[tuple[int, str]] = []
+    state = plc.running(start)
+    t = start
+    while t < stop:
+        t += 0.01
+        now = plc.running(t)
+        if now != state:
+            reason = TYPES[plc.reason(t - 0.005)] if state else TYPES[plc.reason(t)]
+            out.append((1 if now else 0, reason))
+            state = now
+    return out
+
+
+def _safe_kill_time(t: float, downtime: float) -> float:
+    """The first moment >= t whose kill window [t-0.5, t+downtime+2] holds no counter reset."""
+    while math.floor((t - 0.5) / RESET_EVERY) != math.floor((t + downtime + 2.0) / RESET_EVERY):
+        t += 0.25
+    return t
+
+
+def _sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.time()))
+
+
+@pytest.mark.timeout(170)
+def test_kills_and_faults_lose_nothing_and_count_nothing_twice(tmp_path: Path) -> None:
+    sandbox = start_sandbox()
+    t0 = time.time()
+    start, stop = t0 + 3.0, t0 + 48.0
+    text = CONFIG.format(
+        url=sandbox.url, db=tmp_path / "agent.db", metrics_port=free_port(), reset=RESET_EVERY,
+        start=start, stop=stop,
+        machines="".join(MACHINE.format(code=c, conn=n, unit=u) for c, n, u in MACHINES))
+    config = write_config(tmp_path / "agent.yaml", text)
+    agent = AgentProcess(config, agent_env(sandbox))
+    try:
+        agent.start()
+        plan: list[tuple[float, object]] = [
+            (6.0, Fault(kind="status", status=503, count=4)),
+            (9.0, "kill"),
+            (13.0, Fault(kind="drop_after", count=3)),
+            (17.0, "kill"),
+            (20.0, Fault(kind="rate_limit", count=8, retry_after=1)),
+            (24.0, Fault(kind="drop_before", count=3)),
+            (27.0, "kill"),
+            (30.0, Fault(kind="outage", seconds=10.0)),
+            (35.0, "kill"),
+            (43.0, Fault(kind="timeout", delay=2.0, apply=True, count=2)),
+        ]
+        for offset, action in plan:
+            if action == "kill":
+                downtime = 0.8
+                at = _safe_kill_time(t0 + offset, downtime)
+                _sleep_until(at)
+                agent.kill()
+                time.sleep(downtime)
+                agent.start()
+            else:
+                _sleep_until(t0 + offset)
+                assert isinstance(action, Fault)
+                sandbox.inject(action)
+        _sleep_until(stop + 0.5)
+
+        expected = {}
+        for code, conn, unit in MACHINES:
+            plc = _plc(config, conn, unit)
+            expected[code] = (plc.produced(stop), plc.scrap(stop))
+        assert all(count > 100 for count, _ in expected.values())
+
+        def settled() -> bool:
+            counters = sandbox.ledger().counters
+            return all(
+                counters.get(code, {}).get("count") == count
+                and counters.get(code, {}).get("waste", {}).get("Scrap") == scrap
+                for code, (count, scrap) in expected.items()
+            )
+
+        wait_until(settled, timeout=60, message=f"sandbox counters to reach {expected}")
+        time.sleep(1.0)  # nothing more may arrive after the totals are reached
+        ledger = sandbox.ledger()
+        for code, (count, scrap) in expected.items():
+            assert ledger.counters[code]["count"] == count
+            assert ledger.counters[code]["waste"] == {"Scrap": scrap}
+
+        # Every refusal as "not greater" is a retry of a call that had been applied already.
+        accepted = {(a["machine"], repr(a["body"])) for a in ledger.accepted}
+        for r in ledger.rejected:
+            assert r["status"] in (400, 429, 401) or r["status"] >= 500, r
+            if r["status"] == 400:
+                assert "not greater" in r["reason"], r
+                assert (r["machine"], repr(r["body"])) in accepted, r
+
+        # Run states: the schedule's transitions, in order, with the right downtime types.
+        for code, conn, unit in MACHINES:
+            plc = _plc(config, conn, unit)
+            full = _transitions(plc, t0, stop)
+            must = _transitions(plc, t0 + 5.0, stop)
+            got = [(int(r["running"]), r["type"]) for r in ledger.runs[code]]
+            assert got == full[len(full) - len(got):], (code, got, full)
+            assert len(got) >= len(must), (code, got, must)
+        assert agent.starts == 5
+    finally:
+        agent.close()
+        sandbox.stop()
