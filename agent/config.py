@@ -411,9 +411,9 @@ class _Builder:
         reason = m.stop_reason or _StopReason()
         reason_tag = bind.plain(reason.tag, ("stop_reason", "tag"), "stop_reason") if reason.tag else None
         params = {p: bind.parameter(t, ("parameters", p)) for p, t in m.parameters.items()}
-        if counter is None and not waste and running is None and not params:
+        if m.counter is None and not m.waste and m.running is None and not m.parameters:
             self.out.add(path, "maps no tag: give at least a counter, running or parameters")
-        if m.idle_after is not None and counter is None:
+        if m.idle_after is not None and m.counter is None:
             self.out.add((*path, "idle_after"), "needs a counter: idle means no count for a while")
         if len(self.out.problems) > before or m.connection not in conns:
             return None
