@@ -219,8 +219,9 @@ class ModbusTag(Strict):
             return self.order
         words_little = self.word_order == "little"
         bytes_little = self.byte_order == "little"
-        return {(False, False): "ABCD", (True, False): "CDAB",
-                (False, True): "BADC", (True, True): "DCBA"}[(words_little, bytes_little)]
+        orders: dict[tuple[bool, bool], Order] = {
+            (False, False): "ABCD", (True, False): "CDAB", (False, True): "BADC", (True, True): "DCBA"}
+        return orders[(words_little, bytes_little)]
 
     @property
     def width(self) -> int:
