@@ -1,0 +1,262 @@
+"""The MQTT source: subscribes to the tag map's topics and turns each message into readings.
+
+Delivery guarantees (QoS 1, persistent session):
+- The broker keeps our session (fixed client id, clean_session=False / clean_start=False with a
+  session expiry), so what is published while the agent restarts waits for it.
+- A message is acknowledged only after `ctx.emit(..., durable=True)` returned, i.e. once its
+  effect is committed to SQLite: a crash before that makes the broker deliver it again.
+- A message committed but not acknowledged because the connection dropped comes back with the
+  DUP flag and the same packet id; it is recognised and not applied twice.
+- Retained messages replayed on subscribing are applied to cumulative totals (the machine logic
+  compares them with its persisted baseline) but never to delta counters: a delta's first,
+  live delivery was already counted, and one from before our subscription is not ours to count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from agent.backoff import Backoff
+from agent.model import Quality, Reading
+from agent.sources.base import SourceContext, TagBinding
+from agent.sources.mqtt.config import MqttConnection, MqttTag, MqttTls
+from agent.sources.mqtt.link import Granted, LinkError, LinkSettings, MqttLink
+from agent.sources.mqtt.payload import Decoder, PayloadError
+from agent.sources.mqtt.topics import Router, has_wildcard
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 5000  # messages per commit: bounds the latency of one batch and its memory
+COMMIT_GRACE = 5.0  # seconds a stopping source waits for a commit in progress, to ack it
+COMPLAINT_PERIOD = 60.0  # a payload problem is logged once per topic per minute
+MAX_COMPLAINT_TOPICS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    key: str
+    topic: str
+    decoder: Decoder
+    delta: bool  # a `mode: delta` counter: retained replays are never applied
+    wildcard: bool
+    total: bool  # a cumulative counter: several topics feeding it would mix their totals
+
+
+def _route(binding: TagBinding) -> _Route:
+    spec = binding.spec
+    assert isinstance(spec, MqttTag)
+    counter = bool({"counter", "waste"} & set(binding.roles))
+    delta = "delta" in binding.roles
+    decoder = Decoder(spec.json_path, spec.type, numeric=counter, id_path=spec.id, time_path=spec.timestamp)
+    return _Route(binding.key, spec.topic, decoder, delta, has_wildcard(spec.topic), counter and not delta)
+
+
+def default_client_id(connection: str) -> str:
+    """prodsmart-edge-<host name>-<connection>: fixed across restarts, unique per line PC."""
+    raw = f"prodsmart-edge-{socket.gethostname()}-{connection}"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", raw)
+
+
+def tls_factory(tls: MqttTls, key_password: str | None) -> Callable[[], ssl.SSLContext]:
+    """A builder of the TLS context, run in the connect thread because it reads files."""
+
+    def build() -> ssl.SSLContext:
+        try:
+            context = ssl.create_default_context(cafile=tls.ca_file)
+            if tls.cert_file is not None:
+                context.load_cert_chain(tls.cert_file, tls.key_file, key_password)
+        except (OSError, ssl.SSLError) as exc:
+            raise LinkError("Cannot load the TLS certificate files of the MQTT connection",
+                            getattr(exc, "strerror", None) or str(exc)) from None
+        context.check_hostname = tls.verify_hostname
+        return context
+
+    return build
+
+
+class _Complaints:
+    """Counts unusable payloads and logs them at most once per topic per minute."""
+
+    def __init__(self, connection: str, metrics: Any) -> None:
+        self.connection = connection
+        self.counter = metrics.parse_errors.labels(connection) if metrics is not None else None
+        self.last: dict[str, tuple[float, int]] = {}  # topic -> (last logged, not logged since)
+
+    def report(self, topic: str, problem: str, now: float) -> None:
+        if self.counter is not None:
+            self.counter.inc()
+        logged, quiet = self.last.get(topic, (-COMPLAINT_PERIOD, 0))
+        if now - logged < COMPLAINT_PERIOD:
+            self.last[topic] = (logged, quiet + 1)
+            return
+        if len(self.last) >= MAX_COMPLAINT_TOPICS:  # a flood on countless topics: forget the old ones
+            self.last = {t: v for t, v in self.last.items() if now - v[0] < COMPLAINT_PERIOD}
+        self.last[topic] = (now, 0)
+        more = f" ({quiet} more on this topic since the last report)" if quiet else ""
+        log.warning("%s: cannot use a message on %s: %s%s", self.connection, topic, problem, more)
+
+
+class MqttSource:
+    """One broker connection: connect, subscribe, commit readings, acknowledge; reconnect with backoff."""
+
+    def __init__(self, name: str, config: MqttConnection, tags: Sequence[TagBinding],
+                 ctx: SourceContext) -> None:
+        self.name = name
+        self.config = config
+        self.ctx = ctx
+        bindings = [b for b in tags if isinstance(b.spec, MqttTag)]
+        self.filters = sorted({b.spec.topic for b in bindings if isinstance(b.spec, MqttTag)})
+        self.router: Router[_Route] = Router([(b.spec.topic, _route(b)) for b in bindings
+                                              if isinstance(b.spec, MqttTag)])
+        self.complaints = _Complaints(name, ctx.metrics)
+        self.where = f"{config.host}:{config.effective_port}"
+        self._unacked: set[int] = set()  # committed, but the PUBACK could not go out
+        self._skip: set[int] = set()  # ... of the previous connection: skipped when redelivered
+        self._feeds: dict[str, str] = {}  # wildcard total tag -> the one topic feeding it
+        self._reported: tuple[str, ...] = ()
+        self._connections = 0
+
+    def settings(self) -> LinkSettings:
+        c = self.config
+        secret = self.ctx.secret
+        return LinkSettings(
+            host=c.host, port=c.effective_port, client_id=c.client_id or default_client_id(self.name),
+            protocol=c.protocol, keepalive=round(c.keepalive), connect_timeout=c.connect_timeout,
+            session_expiry=round(c.session_expiry), username=secret(self.name, "username"),
+            password=secret(self.name, "password"),
+            tls=tls_factory(c.tls, secret(self.name, "key_password")) if c.tls is not None else None,
+        )
+
+    async def run(self) -> None:
+        backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max)
+        while True:
+            link = MqttLink(self.settings())
+            try:
+                self._session(await link.connect())
+                await self._subscribe(link)
+                self.ctx.connection_up(self.name)
+                backoff.reset()
+                await self._consume(link)
+            except LinkError as exc:
+                log.debug("%s: %s", self.name, exc)
+                self.ctx.connection_down(self.name, f"{exc.sentence} ({exc.detail})" if exc.detail
+                                         else exc.sentence)
+            finally:
+                await link.close()
+                self._skip, self._unacked = self._unacked, set()
+            await backoff.sleep()
+
+    def _session(self, present: bool) -> None:
+        self._connections += 1
+        if present:
+            return
+        self._unacked.clear()  # the broker forgot them: nothing will be redelivered
+        if self._connections == 1:
+            log.info("%s: new session on the MQTT broker at %s; from now on it keeps messages for the "
+                     "agent while it is away", self.name, self.where)
+        else:
+            log.warning("%s: the MQTT broker at %s had lost the agent's session: messages published while "
+                        "the connection was down are lost, except retained ones", self.name, self.where)
+
+    async def _subscribe(self, link: MqttLink) -> None:
+        granted: list[Granted] = []
+        for start in range(0, len(self.filters), 100):  # keeps each SUBSCRIBE packet modest
+            granted += await link.subscribe(self.filters[start:start + 100], qos=1)
+        refused = tuple(f"{g.topic_filter} ({g.reason})" for g in granted if g.qos is None)
+        degraded = tuple(g.topic_filter for g in granted if g.qos == 0)
+        problems = refused + degraded
+        if problems != self._reported:
+            self._reported = problems
+            if refused:
+                log.warning("%s: the MQTT broker at %s refused the subscription to %s: no data from "
+                            "these topics", self.name, self.where, ", ".join(refused))
+            if degraded:
+                log.warning("%s: the MQTT broker at %s grants only QoS 0 for %s: messages published while "
+                            "the agent is away are lost", self.name, self.where, ", ".join(degraded))
+
+    async def _consume(self, link: MqttLink) -> None:
+        while True:
+            batch = await link.next_batch(MAX_BATCH)
+            readings = self.readings(batch, link)
+            if readings:
+                await self._commit(readings, link, batch)
+            self._ack(link, batch)
+
+    async def _commit(self, readings: list[Reading], link: MqttLink, batch: list[mqtt.MQTTMessage]) -> None:
+        task = asyncio.ensure_future(self.ctx.emit(readings, durable=True))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Stopping mid-commit: let the commit finish so its PUBACKs can still go out before
+            # the DISCONNECT; otherwise the broker would deliver these messages again.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({task}, timeout=COMMIT_GRACE)
+            if task.done() and not task.cancelled() and task.exception() is None:
+                self._ack(link, batch)
+            raise
+
+    def _ack(self, link: MqttLink, batch: list[mqtt.MQTTMessage]) -> None:
+        for message in batch:
+            if not link.ack(message) and message.qos > 0:
+                self._unacked.add(message.mid)
+
+    def readings(self, batch: Sequence[mqtt.MQTTMessage], link: MqttLink | None = None) -> list[Reading]:
+        """Decode a batch of messages into readings; unusable payloads are counted and logged."""
+        wall, mono = time.time(), time.monotonic()
+        out: list[Reading] = []
+        for message in batch:
+            if message.dup and message.mid in self._skip:
+                self._skip.discard(message.mid)  # its reading was committed before the drop
+                continue
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:
+                self.complaints.report("(not UTF-8)", "the topic is not UTF-8 text", wall)
+                continue
+            routes = self.router.lookup(topic)
+            if not routes and link is not None:
+                link.forget(topic)  # subscribed by an older tag map: the session still had it
+            received = wall - max(0.0, mono - message.timestamp)
+            for route in routes:
+                reading = self._reading(route, topic, message, received, wall)
+                if reading is not None:
+                    out.append(reading)
+        return out
+
+    def _reading(self, route: _Route, topic: str, message: mqtt.MQTTMessage, received: float,
+                 now: float) -> Reading | None:
+        if route.delta and message.retain:
+            log.debug("%s: retained delta on %s not applied (it is a replay)", self.name, topic)
+            return None
+        try:
+            decoded = route.decoder.decode(message.payload)
+        except PayloadError as exc:
+            self.complaints.report(topic, str(exc), now)
+            return None
+        if decoded.problem is not None:
+            self.complaints.report(topic, decoded.problem, now)
+        if route.total and route.wildcard:
+            self._check_feed(route, topic)
+        msg_id = decoded.msg_id
+        if msg_id is not None and route.wildcard:
+            msg_id = f"{topic}#{msg_id}"  # ids are per publisher: the topic keeps them apart
+        return Reading(self.name, route.key, decoded.value, Quality.GOOD, decoded.source_time,
+                       received, msg_id)
+
+    def _check_feed(self, route: _Route, topic: str) -> None:
+        first = self._feeds.setdefault(route.key, topic)
+        if first != topic and first != "":
+            self._feeds[route.key] = ""  # warned once
+            log.warning("%s: the counter topic filter %s receives totals from %s and %s: their totals mix; "
+                        "give each machine its own topic", self.name, route.topic, first, topic)
