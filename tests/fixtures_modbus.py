@@ -77,9 +77,11 @@ class ModbusServer:
         return answer
 
     def set(self, unit: int, table: str, offset: int, values: Sequence[int | bool]) -> None:
+        """Write values (also while stopped: they are applied when it starts again)."""
         cmd = {"op": "set", "unit": unit, "table": table, "offset": offset, "values": list(values)}
         self._writes.append(cmd)
-        self._command(cmd)
+        if self.proc is not None:
+            self._command(cmd)
 
     def set_value(self, unit: int, table: str, offset: int, value: float, type_name: str,
                   order: Order = "ABCD") -> None:
@@ -152,9 +154,9 @@ def tcp(server: ModbusServer, **settings: Any) -> ModbusConnection:
     return ModbusConnection.model_validate({"host": "127.0.0.1", "port": server.port, **settings})
 
 
-async def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll `predicate` on the event loop until true; fail the test with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Callable[[], object], within: float = 10.0, what: str = "condition") -> None:
+    """Poll `predicate` on the event loop until true; fail the test with `what` after `within` s."""
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")

@@ -36,6 +36,7 @@ EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
+RTU_DRAIN = 0.1  # seconds of silence after an RTU timeout
 _FUNCTIONS = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 _FRAMERS = {"tcp": FramerType.SOCKET, "rtu": FramerType.RTU, "ascii": FramerType.ASCII}
 
@@ -122,19 +123,21 @@ class Link:
         try:
             async with asyncio.timeout(limit):
                 response = await self._request(client, block)
-        except TimeoutError:
-            raise self._no_answer(block) from None
+        except (TimeoutError, ModbusIOException):
+            raise await self._no_answer(block) from None
         except ConnectionException as exc:
             raise LinkLost(f"the connection was lost ({exc})") from None
-        except ModbusIOException:
-            raise self._no_answer(block) from None
         except ModbusException as exc:
             raise OutOfSync(f"unusable answer: {exc}") from None
         return self._payload(block, response)
 
-    def _no_answer(self, block: Block) -> LinkError:
+    async def _no_answer(self, block: Block) -> LinkError:
         if not self.connected:
             return LinkLost("the connection was lost")
+        if self.config.effective_framing != "tcp":
+            # RTU frames carry no transaction id: give a late answer time to arrive while no
+            # request waits, so that it is dropped instead of taken for the next answer.
+            await asyncio.sleep(RTU_DRAIN)
         return NoAnswer(f"unit {block.unit} did not answer within {self.config.timeout:g}s")
 
     @staticmethod
