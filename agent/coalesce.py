@@ -79,6 +79,7 @@ class Lane:
     ) -> None:
         self.machine = machine
         self.tail = tail
+        self._stored = tail  # the only stored call a commit may change
         self.offset = offset
         self.acked = acked
         self.held = dict(held)
@@ -131,7 +132,8 @@ class Lane:
 
     def updated(self) -> list[LaneCall]:
         """Stored calls whose body changed (the tail it merged into)."""
-        return [c for c in ([self.tail] if self.tail else []) if c.id is not None and c.dirty]
+        stored = self._stored
+        return [stored] if stored is not None and stored.id is not None and stored.dirty else []
 
 
 def counter_body(

@@ -6,22 +6,23 @@ import asyncio
 import time
 from collections.abc import Callable
 
+WINDOW = 60.0  # Prodsmart counts requests per minute
+
 
 class TokenBucket:
-    """`rate_per_minute` tokens a minute, at most `burst` saved up.
+    """At most `per_minute` requests in any 60-second window, with a small burst.
 
-    A small burst keeps a single stop/start pair snappy while the long-run rate stays at the
-    configured figure: in any window of t seconds at most `burst + rate * t` requests go out.
-    The bucket starts with one token only, so a restart does not open with a burst.
+    A bucket holding up to `burst` tokens allows `burst + rate * 60` requests in a window that
+    starts with a full bucket, so it refills at (per_minute - burst) a minute: a stop/start pair
+    goes out at once, and Prodsmart's sliding count never sees more than `per_minute`.
+    It starts with one token, so a restart does not open with a burst.
     """
 
-    def __init__(
-        self, rate_per_minute: float, burst: int = 2, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if rate_per_minute <= 0 or burst < 1:
-            raise ValueError("rate and burst must be positive")
-        self.rate = rate_per_minute / 60.0
-        self.burst = float(burst)
+    def __init__(self, per_minute: float, burst: int = 2, clock: Callable[[], float] = time.monotonic) -> None:
+        if per_minute <= 0 or burst < 1:
+            raise ValueError("the rate and the burst must be positive")
+        self.burst = float(burst if per_minute >= 2 * burst else 1)
+        self.rate = max(per_minute - self.burst, per_minute / 2) / WINDOW  # tokens per second
         self._clock = clock
         self._tokens = 1.0
         self._stamp = clock()
