@@ -24,6 +24,8 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = True
+    # The default backlog of 5 drops connections when a few dozen clients connect at once.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], company: Company) -> None:
         if ":" in address[0]:
@@ -61,6 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out in two writes; with Nagle on, the second waits for a delayed ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.track(self.connection)
 
     def finish(self) -> None:
@@ -162,7 +166,7 @@ class Sandbox:
     def start(self) -> Sandbox:
         if self._server is None:
             self._server = _Server(self._address, self._company)
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
                                             name="prodsmart-sandbox", daemon=True)
             self._thread.start()
             logger.debug("Sandbox listening at %s", self.url)
