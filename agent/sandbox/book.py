@@ -57,7 +57,14 @@ class Book:
         self._open: dict[str, Record] = {}
 
     def snapshot(self) -> Ledger:
-        return copy.deepcopy(self.ledger)
+        """A copy for another thread. Log entries are never changed once written, so a shallow
+        copy of each is enough (bodies are shared: read them, do not change them); a deep copy of
+        a long run's ledger would hold the lock for too long."""
+        led = self.ledger
+        accepted, rejected, faulted, authorizations = (
+            [dict(e) for e in log] for log in (led.accepted, led.rejected, led.faulted, led.authorizations))
+        state = copy.deepcopy((led.counters, led.runs, led.repeats, led.downtimes, led.parameters))
+        return Ledger(accepted, rejected, faulted, *state, dict(led.statuses), authorizations)
 
     def status(self, status: int | str) -> None:
         key = str(status)
