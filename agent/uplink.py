@@ -361,7 +361,7 @@ class Uplink:
         what = "the access token request" if for_token else "the API credentials"
         if first:
             log.error("Prodsmart refused %s (HTTP %d): nothing is sent until they work; check "
-                      "PRODSMART_API_KEY and PRODSMART_API_SECRET. Trying again about every %.0f s",
+                      "PRODSMART_API_KEY and PRODSMART_API_SECRET. Trying again about every %g s",
                       what, status, self._auth_retry)
         else:
             log.debug("Prodsmart still refuses %s (HTTP %d)", what, status)
