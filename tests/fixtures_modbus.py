@@ -87,11 +87,17 @@ class ModbusServer:
                   order: Order = "ABCD") -> None:
         self.set(unit, table, offset, encode(value, type_name, order))
 
-    def delay(self, unit: int, seconds: float) -> None:
-        self._command({"op": "delay", "unit": unit, "seconds": seconds})
+    def delay(self, unit: int, seconds: float, table: str = "*") -> None:
+        self._command({"op": "delay", "unit": unit, "seconds": seconds, "table": table})
 
     def garble(self, unit: int, mode: str, count: int = 1) -> None:
         self._command({"op": "garble", "unit": unit, "mode": mode, "count": count})
+
+    def holes(self, unit: int, holes: dict[str, list[tuple[int, int]]]) -> None:
+        self._command({"op": "holes", "unit": unit, "holes": holes})
+
+    def kill_unit(self, unit: int, dead: bool = True) -> None:
+        self._command({"op": "dead", "unit": unit, "dead": dead})
 
     def requests(self) -> int:
         return int(self._command({"op": "stats"}).split()[1])
@@ -138,6 +144,11 @@ class Recorder:
 
     def bad(self, key: str) -> list[Reading]:
         return [r for r in self.readings if r.tag == key and r.quality is Quality.BAD]
+
+    def assert_one_reading_per_tag(self, tags: Sequence[TagBinding]) -> None:
+        """Every batch (poll cycle) carries exactly one reading of every tag."""
+        for _, batch in self.batches:
+            assert sorted(r.tag for r in batch) == sorted(t.key for t in tags)
 
     def last(self, key: str) -> Reading | None:
         return next((r for r in reversed(self.readings) if r.tag == key), None)

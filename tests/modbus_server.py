@@ -12,8 +12,11 @@ each with `ok` (or `error ...`):
 
     {"op": "set", "unit": 1, "table": "input", "offset": 30, "values": [16968, 0]}
     {"op": "delay", "unit": 1, "seconds": 0.5}            answers of unit 1 come that much late
+    {"op": "delay", "unit": 1, "seconds": 0.5, "table": "input"}   ... only those of one table
     {"op": "garble", "unit": 1, "mode": "tid", "count": 1} next answer has a wrong transaction id
     {"op": "garble", "unit": 1, "mode": "short", "count": 1}   ... or one register too few
+    {"op": "holes", "unit": 1, "holes": {"holding": [[300, 300]]}}   new program in the PLC
+    {"op": "dead", "unit": 2, "dead": true}               unit 2 stops (or starts) answering
     {"op": "stats"}                                        prints requests served so far
 """
 
@@ -49,8 +52,9 @@ class Unit:
         self.holes: dict[str, list[tuple[int, int]]] = {
             t: [(int(a), int(b)) for a, b in spans] for t, spans in spec.get("holes", {}).items()
         }
-        self.delay = 0.0
+        self.delay: dict[str, float] = {}  # by table, "*" for all
         self.garble: tuple[str, int] | None = None
+        self.dead = False
 
     def valid(self, table: str, address: int, count: int) -> bool:
         if address < 0 or address + count > len(self.tables[table]):
@@ -72,7 +76,7 @@ class Store(ModbusServerContext):
 
     def _unit(self, device_id: int) -> Unit:
         unit = self.units.get(device_id)
-        if unit is None:
+        if unit is None or unit.dead:
             raise NoSuchIdException(f"no unit {device_id}")
         return unit
 
@@ -80,9 +84,10 @@ class Store(ModbusServerContext):
                               count: int = 1) -> list[int] | list[bool] | ExcCodes:
         unit = self._unit(device_id)
         self.requests += 1
-        if unit.delay:
-            await asyncio.sleep(unit.delay)
         table = TABLE_OF_FUNCTION[func_code]
+        delay = unit.delay.get(table, unit.delay.get("*", 0.0))
+        if delay:
+            await asyncio.sleep(delay)
         if not unit.valid(table, address, count):
             return ExcCodes.ILLEGAL_ADDRESS
         return list(unit.tables[table][address : address + count])
@@ -112,15 +117,19 @@ class Store(ModbusServerContext):
         op = cmd.get("op")
         if op == "stats":
             return f"ok {self.requests}"
-        unit = self._unit(int(cmd["unit"]))
+        unit = self.units[int(cmd["unit"])]
         if op == "set":
             table, offset = cmd["table"], int(cmd["offset"])
             values = [bool(v) for v in cmd["values"]] if table in ("coil", "discrete") else cmd["values"]
             unit.tables[table][offset : offset + len(values)] = values
         elif op == "delay":
-            unit.delay = float(cmd["seconds"])
+            unit.delay[str(cmd.get("table", "*"))] = float(cmd["seconds"])
         elif op == "garble":
             unit.garble = (str(cmd["mode"]), int(cmd.get("count", 1)))
+        elif op == "holes":
+            unit.holes = {t: [(int(a), int(b)) for a, b in spans] for t, spans in cmd["holes"].items()}
+        elif op == "dead":
+            unit.dead = bool(cmd["dead"])
         else:
             return f"error unknown op {op!r}"
         return "ok"

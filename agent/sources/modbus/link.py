@@ -60,8 +60,8 @@ class OutOfSync(LinkError):
 class Refused(LinkError):
     def __init__(self, code: int) -> None:
         self.code = code
-        super().__init__(f"the device refused the request: exception {code} "
-                         f"({EXCEPTION_NAMES.get(code, 'unknown')})")
+        self.short = f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+        super().__init__(f"the device refused the request: {self.short}")
 
 
 def _client(config: ModbusConnection, name: str) -> AsyncModbusTcpClient | AsyncModbusSerialClient:

@@ -86,7 +86,9 @@ class Poller:
         """One reading per point. `deadline` (monotonic) bounds the probes of dead units."""
         self.stats = CycleStats()
         self._sent = False
-        results: list[PointResult] = []
+        # Quarantined tags first, so that a tag refused later in this cycle is not tried twice.
+        recovered: list[Block] = []
+        results = await self._retry_quarantine(recovered)
         probes: list[_Unit] = []
         for unit in self.units.values():
             if unit.dead_since is None:
@@ -97,7 +99,7 @@ class Poller:
                 results += self._bad_unit(unit)
         for unit in probes:
             results += await self._probe(unit, deadline)
-        results += await self._retry_quarantine()
+        self.blocks += recovered  # read from the next cycle on, as part of the plan
         if self.stats.timeouts and not self.stats.answered:
             raise LinkLost(f"no unit answers within {self.timeout:g}s")
         return results
@@ -131,11 +133,11 @@ class Poller:
             except NoAnswer as exc:
                 # One timeout per unit and cycle: the rest of the unit waits for its retry.
                 self._unit_died(unit, str(exc))
-                return results + self._bad_unit(unit)
+                return results + self._bad_unit(unit, [block, *pending])
             except Refused as exc:
                 if exc.code in _DEAD_CODES:
                     self._unit_died(unit, str(exc))
-                    return results + self._bad_unit(unit)
+                    return results + self._bad_unit(unit, [block, *pending])
                 results += self._refused(block, exc, pending)
         self._unit_alive(unit)
         return results
@@ -177,10 +179,11 @@ class Poller:
             unit.dead_since = None
         unit.backoff.reset()
 
-    def _bad_unit(self, unit: _Unit) -> list[PointResult]:
+    def _bad_unit(self, unit: _Unit, blocks: Sequence[Block] | None = None) -> list[PointResult]:
         now = time.time()
         error = f"unit {unit.unit} does not answer: {unit.error}"
-        return [PointResult(p, None, None, error, now) for b in self.blocks_of(unit.unit) for p in b.points]
+        todo = self.blocks_of(unit.unit) if blocks is None else blocks
+        return [PointResult(p, None, None, error, now) for b in todo for p in b.points]
 
     def _refused(self, block: Block, exc: Refused, pending: list[Block]) -> list[PointResult]:
         """Split a refused block in place, or quarantine its tag(s) when it cannot be split."""
@@ -192,16 +195,17 @@ class Poller:
             pending[:0] = halves
             return []
         del self.blocks[index]
-        self._quarantine_block(block, str(exc))
+        self._quarantine_block(block, exc)
         return self._bad_block(block, str(exc))
 
-    def _quarantine_block(self, block: Block, error: str) -> None:
+    def _quarantine_block(self, block: Block, exc: Refused) -> None:
         for point in block.points:
-            log.warning("Tag %s of %s cannot be read: %s refuses it (%s); it stays bad and is retried "
-                        "every %.0fs", point.key, self.name, point.describe(), error, BAD_TAG_RETRY)
-        self.quarantine[block.points[0].key] = _Quarantine(block, error, self.clock() + BAD_TAG_RETRY)
+            log.warning("Tag %s of %s cannot be read: the PLC refuses %s with %s; the tag stays bad and "
+                        "is tried again every %.0fs", point.key, self.name, point.describe(), exc.short,
+                        BAD_TAG_RETRY)
+        self.quarantine[block.points[0].key] = _Quarantine(block, str(exc), self.clock() + BAD_TAG_RETRY)
 
-    async def _retry_quarantine(self) -> list[PointResult]:
+    async def _retry_quarantine(self, recovered: list[Block]) -> list[PointResult]:
         results: list[PointResult] = []
         for key, bad in list(self.quarantine.items()):
             unit = self.units[bad.block.unit]
@@ -215,7 +219,7 @@ class Poller:
                 results += self._bad_block(bad.block, str(exc))
                 continue
             del self.quarantine[key]
-            self.blocks.append(bad.block)
+            recovered.append(bad.block)
             for point in bad.block.points:
                 log.info("Tag %s of %s can be read again (%s)", point.key, self.name, point.describe())
             results += self._decode(bad.block, data)
