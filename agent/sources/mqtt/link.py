@@ -128,8 +128,28 @@ class MqttLink:
     def _blocking_connect(self) -> None:
         """Runs in the worker thread: DNS, TCP, TLS handshake, CONNECT written."""
         s = self.settings
+        opened: list[ssl.SSLSocket] = []
         if s.tls is not None:
-            self._client.tls_set_context(s.tls())
+            context = s.tls()
+            wrap = context.wrap_socket
+
+            def tracked(*args: Any, **kwargs: Any) -> ssl.SSLSocket:
+                sock = wrap(*args, **kwargs)
+                opened.append(sock)
+                return sock
+
+            # paho leaves the socket open when the TLS handshake fails: we close it ourselves.
+            context.wrap_socket = tracked  # type: ignore[method-assign]
+            self._client.tls_set_context(context)
+        try:
+            self._send_connect()
+        except BaseException:
+            for sock in opened:
+                sock.close()
+            raise
+
+    def _send_connect(self) -> None:
+        s = self.settings
         if s.protocol != "5":  # 3.1.1: clean_session was given to the client
             self._client.connect(s.host, s.port, s.keepalive)
             return

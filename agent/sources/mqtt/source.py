@@ -5,8 +5,8 @@ Delivery guarantees (QoS 1, persistent session):
   session expiry), so what is published while the agent restarts waits for it.
 - A message is acknowledged only after `ctx.emit(..., durable=True)` returned, i.e. once its
   effect is committed to SQLite: a crash before that makes the broker deliver it again.
-- A message committed but not acknowledged because the connection dropped comes back with the
-  DUP flag and the same packet id; it is recognised and not applied twice.
+- A message committed whose PUBACK was lost with the connection comes back with the DUP flag
+  and the same packet id; `Redeliveries` recognises it (see there for the exact rule).
 - Retained messages replayed on subscribing are applied to cumulative totals (the machine logic
   compares them with its persisted baseline) but never to delta counters: a delta's first,
   live delivery was already counted, and one from before our subscription is not ours to count.
@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 
@@ -107,6 +107,51 @@ class _Complaints:
         log.warning("%s: cannot use a message on %s: %s%s", self.connection, topic, problem, more)
 
 
+class Redeliveries:
+    """What this session committed, to recognise the broker's redeliveries (DUP flag, same packet id).
+
+    - Committed but never acknowledged (the connection was gone at ack time): the broker cannot
+      have reused that packet id, so a DUP with it is certainly the same message: skipped.
+    - Acknowledged, but the PUBACK may have been lost with the connection: a DUP with the same
+      id, topic and payload is that message or an identical one reusing the id. Skipping it is
+      harmless for totals, states and parameters (the same value again; skipping keeps a stale
+      total from looking like a counter reset), but could lose a real increment of a delta
+      counter: deltas are applied again, and their `id` lets the logic drop the duplicate.
+    Kept across reconnections while the broker keeps the session (packet ids are per session).
+    """
+
+    def __init__(self) -> None:
+        self.acked: dict[int, int] = {}  # packet id -> hash of (topic, payload); at most 65535
+        self.unacked: set[int] = set()
+
+    def forget(self) -> None:
+        self.acked.clear()
+        self.unacked.clear()
+
+    def check(self, message: mqtt.MQTTMessage, content: int) -> Literal["new", "replay", "same"]:
+        if not message.dup:
+            return "new"
+        if message.mid in self.unacked:
+            self.unacked.discard(message.mid)
+            return "same"
+        return "replay" if self.acked.get(message.mid) == content else "new"
+
+    def committed(self, mid: int, content: int, acked: bool) -> None:
+        if acked:
+            self.acked[mid] = content
+            self.unacked.discard(mid)
+        else:
+            self.unacked.add(mid)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """A message of a batch, to settle once the batch is committed."""
+
+    message: mqtt.MQTTMessage
+    content: int
+
+
 class MqttSource:
     """One broker connection: connect, subscribe, commit readings, acknowledge; reconnect with backoff."""
 
@@ -115,14 +160,12 @@ class MqttSource:
         self.name = name
         self.config = config
         self.ctx = ctx
-        bindings = [b for b in tags if isinstance(b.spec, MqttTag)]
-        self.filters = sorted({b.spec.topic for b in bindings if isinstance(b.spec, MqttTag)})
-        self.router: Router[_Route] = Router([(b.spec.topic, _route(b)) for b in bindings
-                                              if isinstance(b.spec, MqttTag)])
+        bindings = [(b, b.spec) for b in tags if isinstance(b.spec, MqttTag)]
+        self.filters = sorted({spec.topic for _, spec in bindings})
+        self.router: Router[_Route] = Router([(spec.topic, _route(b)) for b, spec in bindings])
         self.complaints = _Complaints(name, ctx.metrics)
         self.where = f"{config.host}:{config.effective_port}"
-        self._unacked: set[int] = set()  # committed, but the PUBACK could not go out
-        self._skip: set[int] = set()  # ... of the previous connection: skipped when redelivered
+        self.redeliveries = Redeliveries()
         self._feeds: dict[str, str] = {}  # wildcard total tag -> the one topic feeding it
         self._reported: tuple[str, ...] = ()
         self._connections = 0
@@ -154,14 +197,13 @@ class MqttSource:
                                          else exc.sentence)
             finally:
                 await link.close()
-                self._skip, self._unacked = self._unacked, set()
             await backoff.sleep()
 
     def _session(self, present: bool) -> None:
         self._connections += 1
         if present:
             return
-        self._unacked.clear()  # the broker forgot them: nothing will be redelivered
+        self.redeliveries.forget()  # a new session: nothing of the old one will be redelivered
         if self._connections == 1:
             log.info("%s: new session on the MQTT broker at %s; from now on it keeps messages for the "
                      "agent while it is away", self.name, self.where)
@@ -175,9 +217,8 @@ class MqttSource:
             granted += await link.subscribe(self.filters[start:start + 100], qos=1)
         refused = tuple(f"{g.topic_filter} ({g.reason})" for g in granted if g.qos is None)
         degraded = tuple(g.topic_filter for g in granted if g.qos == 0)
-        problems = refused + degraded
-        if problems != self._reported:
-            self._reported = problems
+        if refused + degraded != self._reported:
+            self._reported = refused + degraded
             if refused:
                 log.warning("%s: the MQTT broker at %s refused the subscription to %s: no data from "
                             "these topics", self.name, self.where, ", ".join(refused))
@@ -188,12 +229,12 @@ class MqttSource:
     async def _consume(self, link: MqttLink) -> None:
         while True:
             batch = await link.next_batch(MAX_BATCH)
-            readings = self.readings(batch, link)
+            readings, marks = self.decode(batch, link)
             if readings:
-                await self._commit(readings, link, batch)
-            self._ack(link, batch)
+                await self._commit(readings, link, marks)
+            self._settle(link, marks)
 
-    async def _commit(self, readings: list[Reading], link: MqttLink, batch: list[mqtt.MQTTMessage]) -> None:
+    async def _commit(self, readings: list[Reading], link: MqttLink, marks: list[_Mark]) -> None:
         task = asyncio.ensure_future(self.ctx.emit(readings, durable=True))
         try:
             await asyncio.shield(task)
@@ -203,36 +244,44 @@ class MqttSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({task}, timeout=COMMIT_GRACE)
             if task.done() and not task.cancelled() and task.exception() is None:
-                self._ack(link, batch)
+                self._settle(link, marks)
             raise
 
-    def _ack(self, link: MqttLink, batch: list[mqtt.MQTTMessage]) -> None:
-        for message in batch:
-            if not link.ack(message) and message.qos > 0:
-                self._unacked.add(message.mid)
+    def _settle(self, link: MqttLink, marks: list[_Mark]) -> None:
+        """The batch is committed: acknowledge it, and remember it to recognise redeliveries."""
+        for mark in marks:
+            acked = link.ack(mark.message)
+            self.redeliveries.committed(mark.message.mid, mark.content, acked)
 
-    def readings(self, batch: Sequence[mqtt.MQTTMessage], link: MqttLink | None = None) -> list[Reading]:
-        """Decode a batch of messages into readings; unusable payloads are counted and logged."""
+    def decode(self, batch: Sequence[mqtt.MQTTMessage], link: MqttLink | None = None
+               ) -> tuple[list[Reading], list[_Mark]]:
+        """Readings of a batch, and its messages to settle; unusable payloads are counted and logged."""
         wall, mono = time.time(), time.monotonic()
         out: list[Reading] = []
+        marks: list[_Mark] = []
         for message in batch:
-            if message.dup and message.mid in self._skip:
-                self._skip.discard(message.mid)  # its reading was committed before the drop
-                continue
             try:
-                topic = message.topic
+                topic: str | None = message.topic
             except UnicodeDecodeError:
+                topic = None
+            content = hash((topic, bytes(message.payload)))
+            if message.qos > 0:
+                marks.append(_Mark(message, content))
+            if topic is None:
                 self.complaints.report("(not UTF-8)", "the topic is not UTF-8 text", wall)
                 continue
-            routes = self.router.lookup(topic)
-            if not routes and link is not None:
+            seen = self.redeliveries.check(message, content)
+            routes = self.router.lookup(topic) if seen != "same" else ()
+            if not routes and seen == "new" and link is not None:
                 link.forget(topic)  # subscribed by an older tag map: the session still had it
             received = wall - max(0.0, mono - message.timestamp)
             for route in routes:
+                if seen == "replay" and not route.delta:
+                    continue
                 reading = self._reading(route, topic, message, received, wall)
                 if reading is not None:
                     out.append(reading)
-        return out
+        return out, marks
 
     def _reading(self, route: _Route, topic: str, message: mqtt.MQTTMessage, received: float,
                  now: float) -> Reading | None:
