@@ -108,7 +108,8 @@ class Publisher:
     """A blocking paho publisher (in the test's thread) that waits for each PUBACK batch."""
 
     def __init__(self, port: int, client_id: str = "test-publisher",
-                 protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv311, tls: Pki | None = None) -> None:
+                 protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv311,
+                 tls: Pki | None = None) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
         if tls is not None:
             self.client.tls_set(str(tls.ca), str(tls.client_cert), str(tls.client_key))
