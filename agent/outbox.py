@@ -100,6 +100,10 @@ class DeadLetter:
     created: float
     failed_at: float
 
+    @property
+    def endpoint(self) -> Kind:
+        return self.kind
+
 
 def _explain(exc: sqlite3.Error) -> str:
     name = getattr(exc, "sqlite_errorname", "") or ""

@@ -18,7 +18,9 @@ class TokenBucket:
     It starts with one token, so a restart does not open with a burst.
     """
 
-    def __init__(self, per_minute: float, burst: int = 2, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, per_minute: float, burst: int = 2, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if per_minute <= 0 or burst < 1:
             raise ValueError("the rate and the burst must be positive")
         self.burst = float(burst if per_minute >= 2 * burst else 1)

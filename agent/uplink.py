@@ -147,11 +147,13 @@ class Uplink:
         """Send what can be sent within `timeout`; True if nothing is left waiting."""
         try:
             async with asyncio.timeout(timeout):
-                if self._running:
+                if not self._running:
+                    return await self._loop(until_empty=True)
+                while True:  # the loop may have gone idle just before a last commit: check again
                     self.wake()
                     await self._idle.wait()
-                    return True
-                return await self._loop(until_empty=True)
+                    if not await self._outbox.heads():
+                        return True
         except TimeoutError:
             return False
 
@@ -340,7 +342,7 @@ class Uplink:
         lane.until = self._clock() + delay
         level = logging.DEBUG if lane.failing else logging.WARNING
         lane.failing = True
-        log.log(level, "Cannot deliver the %s call of %s to Prodsmart (POST %s): %s; retrying in %.1f s",
+        log.log(level, "Cannot deliver the %s call of %s to Prodsmart (POST %s): %s; retrying in %.3g s",
                 call.kind, call.machine, self._path(call), detail, delay)
 
     # ------------------------------------------------------------------ pauses

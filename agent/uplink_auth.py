@@ -81,7 +81,8 @@ def _token_of(response: httpx.Response) -> str | None:
 class TokenAuth(httpx.Auth):
     """Access-token authentication for an `httpx.AsyncClient` (one token shared by all requests)."""
 
-    requires_response_body = True
+    # async_auth_flow is overridden, so the base class's body reading does not apply:
+    # token responses are read explicitly below.
 
     def __init__(
         self,
@@ -123,24 +124,26 @@ class TokenAuth(httpx.Auth):
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         renew = False
+        used = self._generation  # the token generation the last attempt carried
         for _ in range(2):
-            used = self._generation
             if renew or self._stale():
-                if self._leader is not None:  # another request is fetching: share its token
+                while self._leader is not None:  # another request is fetching: share its token
                     await asyncio.shield(self._leader)
                 if self._stale() or (renew and self._generation == used):
                     fetch = _Fetch()
-                    self._leader = asyncio.get_running_loop().create_future()
+                    leader = self._leader = asyncio.get_running_loop().create_future()
                     try:
                         steps = self._fetch_steps(fetch, renew=self._token is not None)
                         try:
                             step = await steps.__anext__()
                             while True:
-                                step = await steps.asend((yield step))
+                                answer = yield step
+                                await answer.aread()
+                                step = await steps.asend(answer)
                         except StopAsyncIteration:
                             pass
                     finally:
-                        self._leader.set_result(None)
+                        leader.set_result(None)
                         self._leader = None
                     if fetch.failure is not None:
                         return  # httpx hands the failing token response to the caller

@@ -7,7 +7,7 @@ import email.utils
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from agent.metrics import Metrics
 from agent.model import CounterChanged, Event, ParametersChanged, RunStateChanged
 from agent.outbox import Outbox
 from agent.ratelimit import TokenBucket
+from agent.sandbox import Fault, Sandbox, SandboxOptions
 from agent.uplink import Credentials, Uplink, parse_retry_after
 from agent.uplink_auth import TokenAuth, redact
 from tests.fixtures_prodsmart import APPLIED_THEN_TIMEOUT, FakeProdsmart
@@ -410,3 +411,67 @@ async def test_drain_while_running(box: Outbox, fake: FakeProdsmart) -> None:
         await commit(box, CounterChanged("A", 5))
         assert await uplink.drain(5)
     assert fake.counts == {"A": 5}
+
+
+# ---------------------------------------------------------------- against the sandbox server
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(SandboxOptions(api_key="key", api_secret="secret", requests_per_minute=0)) as server:
+        yield server
+
+
+def sandbox_uplink(box: Outbox, sandbox: Sandbox, **changes: Any) -> Uplink:
+    return Uplink(box, settings(url=sandbox.url, **changes), CREDS, Metrics())
+
+
+async def produce(box: Outbox, uplink: Uplink, machines: list[str], rounds: int) -> dict[str, int]:
+    """Counts and stops on every machine, committed while the uplink sends; returns the totals."""
+    totals = dict.fromkeys(machines, 0)
+    for r in range(rounds):
+        events: list[Event] = []
+        for i, m in enumerate(machines):
+            totals[m] += i + 1
+            events.append(CounterChanged(m, totals[m], {"Scrap": r + 1}))
+            if r % 3 == 2:
+                events.append(RunStateChanged(m, r % 2 == 1, "Maintenance"))
+        await box.commit({}, events, now=time.time())
+        uplink.wake()
+        await asyncio.sleep(0.02)
+    return totals
+
+
+async def test_sandbox_faults_lose_nothing_and_count_nothing_twice(box: Outbox, sandbox: Sandbox) -> None:
+    sandbox.inject(Fault("drop_after", endpoint="counter", machine="A"))  # applied, answer lost
+    sandbox.inject(Fault("timeout", apply=True, delay=1.0, endpoint="counter", machine="B"))
+    sandbox.inject(Fault("status", status=503, machine="C", count=2))
+    sandbox.inject(Fault("drop_before", machine="D"))
+    sandbox.inject(Fault("rate_limit", retry_after=1, machine="E"))
+    uplink = sandbox_uplink(box, sandbox, timeout=0.4)
+    async with running(uplink):
+        totals = await produce(box, uplink, ["A", "B", "C", "D", "E", "F"], rounds=9)
+        await drained(box, within=15)
+    ledger = sandbox.ledger()
+    assert {m: c["count"] for m, c in ledger.counters.items()} == totals
+    assert all(c["waste"] == {"Scrap": 9} for c in ledger.counters.values())
+    runs = {m: [r["running"] for r in changes] for m, changes in ledger.runs.items()}
+    assert runs == {m: [0, 1, 0] for m in totals}
+    assert len(ledger.faulted) == 6 and ledger.rejected and await box.dead_letters() == []
+
+
+async def test_sandbox_tokens_are_renewed_when_they_expire(box: Outbox, sandbox: Sandbox) -> None:
+    sandbox.set_options(token_ttl=0.3)
+    uplink = sandbox_uplink(box, sandbox, auth="token")
+    async with running(uplink):
+        for total in range(1, 5):
+            await box.commit({}, [CounterChanged("A", total)], now=time.time())
+            uplink.wake()
+            await drained(box)
+            await asyncio.sleep(0.35)  # the token expires between calls
+        assert uplink.paused is None
+    ledger = sandbox.ledger()
+    assert ledger.counters["A"]["count"] == 4
+    assert [a["auth"] for a in ledger.accepted] == ["token"] * 4
+    assert [a["method"] for a in ledger.authorizations][:2] == ["GET", "POST"]
+    assert await box.dead_letters() == []
