@@ -63,7 +63,8 @@ class Head:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """A call ready to send. `unknown`: an earlier attempt's outcome is unknown (it may be applied)."""
+    """A call to send. `attempts` counts this one; `unknown`: an earlier attempt's outcome is unknown,
+    so Prodsmart may already have applied it."""
 
     id: int
     machine: str
@@ -491,7 +492,7 @@ class Outbox:
             if int(r[8]) > 0:
                 await db.execute("UPDATE calls SET attempts = attempts + 1, unknown = ?, inflight = 1 "
                                  "WHERE id = ?", (int(r[9] or r[10]), head.id))
-                return Call(int(r[0]), str(r[1]), r[2], json.loads(r[7]), int(r[8]), bool(r[9] or r[10]),
+                return Call(int(r[0]), str(r[1]), r[2], json.loads(r[7]), int(r[8]) + 1, bool(r[9] or r[10]),
                             int(r[11]), float(r[12]))
             if r[2] == "startstop":
                 body: dict[str, Any] = startstop_body(bool(r[5]), str(r[6]))
@@ -503,7 +504,7 @@ class Outbox:
                 body, seq = built
             await db.execute("UPDATE calls SET body = ?, param_seq = ?, attempts = 1, inflight = 1 "
                              "WHERE id = ?", (_j(body), seq, head.id))
-            return Call(int(r[0]), str(r[1]), r[2], body, 0, False, seq, float(r[12]))
+            return Call(int(r[0]), str(r[1]), r[2], body, 1, False, seq, float(r[12]))
 
     async def _first_counter_body(
         self, db: aiosqlite.Connection, machine: str, call_id: int, count: int | None, waste: str | None
@@ -592,7 +593,7 @@ class Outbox:
             cursor = await db.execute(
                 "INSERT INTO dead_letters (machine, kind, body, status, response, attempts, created, "
                 "failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (call.machine, call.kind, _j(call.body), status, text, max(call.attempts, 1), call.created,
+                (call.machine, call.kind, _j(call.body), status, text, call.attempts, call.created,
                  now))
             return int(cursor.lastrowid or 0)
 

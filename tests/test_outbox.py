@@ -99,7 +99,7 @@ async def test_an_attempted_call_is_frozen(box: Outbox) -> None:
     ]
     again = await send_head(box, "A")
     assert again.id == sent.id and again.body == sent.body
-    assert again.unknown and again.attempts == 1
+    assert again.unknown and again.attempts == 2
 
 
 async def test_many_machines_in_one_commit(box: Outbox) -> None:
@@ -250,6 +250,15 @@ async def test_a_retried_counter_keeps_what_is_still_greater(box: Outbox) -> Non
     await deliver(box, "A")
     assert await box.retry_dead_letter(letter)
     assert bodies(await box.queued()) == [("A", "counter", {"waste": [{"code": "Scrap", "quantity": 5}]})]
+
+
+async def test_a_refused_parameters_call_stops_repeating(box: Outbox) -> None:
+    await box.commit({}, [ParametersChanged("A", {"bad": 1, "ok": 2})], now=1.0)
+    letter = await box.dead_letter(await send_head(box, "A"), 400, "unknown parameter bad", now=2.0)
+    assert await box.pending_parameters("A") == {} and await box.heads() == []
+    await box.commit({}, [ParametersChanged("A", {"ok": 3})], now=3.0)
+    assert await box.retry_dead_letter(letter)
+    assert await box.pending_parameters("A") == {"bad": 1, "ok": 3}  # the newer value wins
 
 
 # ---------------------------------------------------------------- crash safety and atomicity

@@ -268,6 +268,31 @@ async def test_other_4xx_is_a_dead_letter_and_the_lane_goes_on(box: Outbox, fake
     assert fake.counts == {"A": 3}
 
 
+async def test_a_400_that_is_not_about_increasing_is_a_dead_letter_even_after_a_timeout(
+    box: Outbox, fake: FakeProdsmart
+) -> None:
+    fake.fail("A", httpx.ReadTimeout("timed out"), httpx.Response(400, text="waste code Foo is unknown"))
+    await commit(box, CounterChanged("A", 5, {"Foo": 1}))
+    async with running(make(box, fake)):
+        await until(lambda: len(fake.requests_for("A")) == 2)
+        await drained(box)
+    (dead,) = await box.dead_letters()
+    assert dead.status == 400 and dead.attempts == 2 and fake.counts == {}
+
+
+async def test_a_call_in_flight_when_the_uplink_stops_stays_queued_with_an_unknown_outcome(
+    box: Outbox, fake: FakeProdsmart
+) -> None:
+    fake.delay = 5
+    await commit(box, CounterChanged("A", 5))
+    async with running(make(box, fake)):
+        await until(lambda: len(fake.seen) == 1)
+    fake.delay = 0
+    head = (await box.heads())[0]
+    call = await box.begin_attempt(head)
+    assert call is not None and call.unknown and call.body == {"count": 5}
+
+
 async def test_refused_credentials_pause_everything_without_dead_letters(
     box: Outbox, fake: FakeProdsmart, caplog: pytest.LogCaptureFixture
 ) -> None:
