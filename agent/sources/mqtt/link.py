@@ -258,8 +258,14 @@ class MqttLink:
         if not self._connack.done():
             self._connack.set_result((code, bool(flags.session_present)))
 
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, code: ReasonCode, _p: Any) -> None:
-        self._fail(f"disconnected: {code}")
+    def _on_disconnect(self, _c: Any, _u: Any, flags: mqtt.DisconnectFlags, code: ReasonCode,
+                       _p: Any) -> None:
+        if flags.is_disconnect_packet_from_server:
+            self._fail(f"the broker disconnected us: {code}")
+        elif str(code) == "Unspecified error":  # how paho reports a socket closed under it
+            self._fail("the connection was closed by the broker or the network")
+        else:
+            self._fail(str(code))
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
         future = self._subacks.pop(mid, None)
