@@ -28,24 +28,25 @@ ROOT = Path(__file__).resolve().parent.parent
 class ModbusServer:
     """The test server process; `set`/`delay`/`garble` drive it through its stdin."""
 
-    def __init__(self, port: int, spec: dict[str, Any] | None = None, serial: str | None = None) -> None:
+    def __init__(self, port: int, spec: dict[str, Any] | None = None, pty: bool = False) -> None:
         self.port = port
         self.spec = spec or {"units": {"1": {}}}
-        self.serial = serial
+        self.pty = pty
+        self.device = ""  # with pty: the serial device the client opens
         self.proc: subprocess.Popen[str] | None = None
         self._writes: list[dict[str, Any]] = []  # replayed after a restart: the PLC keeps its values
 
     def start(self) -> ModbusServer:
         args = ["--spec", json.dumps(self.spec)]
-        args += ["--serial", self.serial] if self.serial else ["--port", str(self.port)]
+        args += ["--pty"] if self.pty else ["--port", str(self.port)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.modbus_server", *args], cwd=ROOT, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
-        if line != "ready":
+        word, _, self.device = self.proc.stdout.readline().strip().partition(" ")
+        if word != "ready":
             self.stop()
-            raise RuntimeError(f"the Modbus test server did not start: {line!r}")
+            raise RuntimeError(f"the Modbus test server did not start: {word!r}")
         for cmd in self._writes:
             self._command(cmd)
         return self
@@ -108,8 +109,8 @@ def modbus_server() -> Iterator[Callable[..., ModbusServer]]:
     """A factory: `modbus_server(spec)` starts a server on a free port; all are stopped after the test."""
     servers: list[ModbusServer] = []
 
-    def start(spec: dict[str, Any] | None = None, serial: str | None = None) -> ModbusServer:
-        server = ModbusServer(free_port(), spec, serial).start()
+    def start(spec: dict[str, Any] | None = None, pty: bool = False) -> ModbusServer:
+        server = ModbusServer(free_port(), spec, pty).start()
         servers.append(server)
         return server
 

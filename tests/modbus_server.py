@@ -2,6 +2,10 @@
 
     python -m tests.modbus_server --port 5020 --spec '{"units": {"1": {"holes": {"holding": [[200, 210]]}}}}'
     python -m tests.modbus_server --serial /dev/pts/5 --spec ...     (Modbus RTU)
+    python -m tests.modbus_server --pty --spec ...      (Modbus RTU on a pseudo-terminal pair)
+
+With --pty it makes a null-modem cable of two pseudo-terminals: it serves Modbus RTU on one
+and prints the other's device (`ready /dev/pts/7`) for the client to open as its serial port.
 
 Every unit has the four tables: `registers` registers (default 1000) and `bits` bits (default
 2000), valid from 0; addresses past the end or inside a hole answer "illegal data address".
@@ -24,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -157,6 +163,23 @@ async def _handle_request(self: ServerRequestHandler) -> None:
 ServerRequestHandler.handle_request = _handle_request  # type: ignore[method-assign]
 
 
+def _null_modem() -> tuple[str, str]:
+    """Two pseudo-terminals whose masters this process wires together: (server end, client end)."""
+    loop = asyncio.get_running_loop()
+    (m1, s1), (m2, s2) = os.openpty(), os.openpty()
+    for master in (m1, m2):
+        os.set_blocking(master, False)
+
+    def pump(src: int, dst: int) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(dst, os.read(src, 4096))
+
+    loop.add_reader(m1, pump, m1, m2)
+    loop.add_reader(m2, pump, m2, m1)
+    # The slave fds stay open here too, so that a client closing its end does not hang the master up.
+    return os.ttyname(s1), os.ttyname(s2)
+
+
 async def _commands(store: Store) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -174,12 +197,16 @@ async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=5020)
     parser.add_argument("--serial", help="serve Modbus RTU on this serial device instead of TCP")
+    parser.add_argument("--pty", action="store_true", help="serve RTU on a pseudo-terminal pair")
     parser.add_argument("--framer", choices=["socket", "rtu"], default="socket")
     parser.add_argument("--spec", default="{}")
     args = parser.parse_args(argv)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     store = Store(json.loads(args.spec))
     server: ModbusTcpServer | ModbusSerialServer
+    client_end = ""
+    if args.pty:
+        args.serial, client_end = _null_modem()
     if args.serial:
         server = ModbusSerialServer(store, port=args.serial, framer=FramerType.RTU, baudrate=115200,
                                     ignore_missing_devices=True, trace_pdu=store.trace_pdu)
@@ -187,7 +214,7 @@ async def main(argv: list[str] | None = None) -> None:
         server = ModbusTcpServer(store, address=("127.0.0.1", args.port), framer=FramerType(args.framer),
                                  ignore_missing_devices=True, trace_pdu=store.trace_pdu)
     await server.serve_forever(background=True)
-    print("ready", flush=True)
+    print(f"ready {client_end}".strip(), flush=True)
     try:
         await _commands(store)
     finally:

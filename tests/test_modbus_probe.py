@@ -107,7 +107,8 @@ async def test_a_refused_address_and_an_unreachable_device_are_plain_sentences(m
     server = modbus_server()
     code, text = await run("--host", "127.0.0.1", "--port", str(server.port), "--holding", "5000")
     assert code == 1
-    assert text.strip() == (f"Cannot read unit 1 holding 5000..5003 (45001..45004) at 127.0.0.1:{server.port}: "
+    assert text.strip() == ("Cannot read unit 1 holding 5000..5003 (45001..45004) at "
+                            f"127.0.0.1:{server.port}: "
                             "the device refused the request: exception 2 (illegal data address)")
     server.stop()
     code, text = await run("--host", "127.0.0.1", "--port", str(server.port), "--holding", "0")

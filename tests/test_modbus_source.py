@@ -11,6 +11,7 @@ import pytest
 
 from agent.metrics import Metrics
 from agent.model import Quality
+from agent.sources.modbus.config import ModbusConnection
 from agent.sources.modbus.link import Link
 from agent.sources.modbus.planner import Limits, point_of
 from agent.sources.modbus.poller import BAD_TAG_RETRY, PointResult, Poller
@@ -324,3 +325,23 @@ async def test_a_unit_dying_between_two_requests_gives_one_reading_per_tag(modbu
     rec.assert_one_reading_per_tag(tags)
     assert rec.bad(tags[0].key)  # unit 1 skipped while dead, holding register too
     assert set(rec.good(tags[0].key)) == {1} and set(rec.good(tags[1].key)) == {2}
+
+
+async def test_modbus_rtu_over_a_serial_line(modbus_server: Start) -> None:
+    server = modbus_server({"units": {"1": {}, "7": {}}}, pty=True)
+    server.set_value(7, "holding", 100, 123456, "uint32", "CDAB")
+    server.set(7, "coil", 3, [True])
+    server.set(1, "input", 0, [42])
+    counter, flag, other = binding(holding=100, type="uint32", order="CDAB"), binding(coil=3), \
+        binding(input=0, unit=1)
+    config = ModbusConnection.model_validate({"serial": server.device, "baudrate": 115200, "unit": 7,
+                                              "poll": 0.05, "timeout": 0.5})
+    rec = Recorder()
+    source = ModbusSource("line", config, [counter, flag, other], rec.ctx())
+    async with running(source):
+        await wait_for(lambda: rec.good(counter.key) and rec.good(flag.key) and rec.good(other.key))
+        server.set_value(7, "holding", 100, 123457, "uint32", "CDAB")
+        await wait_for(lambda: 123457 in rec.good(counter.key))
+    assert rec.good(counter.key)[0] == 123456 and rec.good(flag.key)[0] is True
+    assert set(rec.good(other.key)) == {42}
+    assert rec.states == [("up", "line")]

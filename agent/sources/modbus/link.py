@@ -102,6 +102,8 @@ class Link:
         started = time.monotonic()
         if not await client.connect():
             client.close()
+            if self.config.serial is not None:
+                raise LinkLost("cannot open the serial port (missing, in use, or no permission)")
             waited = time.monotonic() - started
             raise LinkLost(f"no answer to the connection request within {self.config.timeout:g}s"
                            if waited >= self.config.timeout * 0.9 else "connection refused or unreachable")
@@ -118,7 +120,7 @@ class Link:
         """The block's registers or bits; `limit` (seconds) may shorten the configured timeout."""
         client = self._client
         if client is None or not client.connected:
-            raise LinkLost("the connection is closed")
+            raise LinkLost("the connection was closed (by the PLC or the network)")
         limit = min(limit, self.config.timeout) if limit is not None else self.config.timeout
         try:
             async with asyncio.timeout(limit):

@@ -50,6 +50,7 @@ class ModbusSource:
         self.limits = Limits.of(config)
         self.link = Link(config, name)
         self.backoff = Backoff(1.0, config.retry_max)
+        self.poller: Poller | None = None  # the current connection's (plan, unit states)
         self.cycles = 0
         self.overruns = 0
         self._up: bool | None = None  # None: not reported yet
@@ -59,7 +60,8 @@ class ModbusSource:
             while True:
                 try:
                     await self.link.open()
-                    await self._poll(Poller(self.link, self.points, self.limits, self.name))
+                    self.poller = Poller(self.link, self.points, self.limits, self.name)
+                    await self._poll(self.poller)
                 except OutOfSync as exc:
                     # A late or foreign answer: reopen at once so it cannot be taken for the next
                     # one (fresh connection, fresh transaction ids), then carry on.
