@@ -27,7 +27,7 @@ class Ledger:
     downtimes[machine]: {type, start, end (None while open)}.
     parameters[machine]: {name or code: last value}.
     statuses: how many API requests got each status ("200", "429"...), "dropped" for aborted ones.
-    authorizations: every /authorization request: seq, time, method, status.
+    authorizations: every /authorization request: seq, time, method, status (None if dropped).
     """
 
     accepted: list[Record]

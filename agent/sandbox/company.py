@@ -92,7 +92,8 @@ class Company:
         self._book.status("dropped" if outcome.drop else outcome.status)
         if endpoint == "authorization":
             self._book.ledger.authorizations.append({"seq": entry["seq"], "time": entry["time"],
-                                                     "method": request.method, "status": outcome.status})
+                                                     "method": request.method,
+                                                     "status": None if outcome.drop else outcome.status})
         return outcome
 
     def _pre_fault(self, fault: Fault, entry: Record) -> Outcome:
