@@ -100,6 +100,9 @@ class ModbusServer:
     def kill_unit(self, unit: int, dead: bool = True) -> None:
         self._command({"op": "dead", "unit": unit, "dead": dead})
 
+    def fail(self, unit: int, code: int, count: int = 1) -> None:
+        self._command({"op": "fail", "unit": unit, "code": code, "count": count})
+
     def requests(self) -> int:
         return int(self._command({"op": "stats"}).split()[1])
 

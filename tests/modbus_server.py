@@ -21,6 +21,7 @@ each with `ok` (or `error ...`):
     {"op": "garble", "unit": 1, "mode": "short", "count": 1}   ... or one register too few
     {"op": "holes", "unit": 1, "holes": {"holding": [[300, 300]]}}   new program in the PLC
     {"op": "dead", "unit": 2, "dead": true}               unit 2 stops (or starts) answering
+    {"op": "fail", "unit": 1, "code": 6, "count": 1}      next read answers exception 6 (busy)
     {"op": "stats"}                                        prints requests served so far
 """
 
@@ -61,6 +62,7 @@ class Unit:
         self.delay: dict[str, float] = {}  # by table, "*" for all
         self.garble: tuple[str, int] | None = None
         self.dead = False
+        self.fail: tuple[int, int] | None = None  # (exception code, answers left)
 
     def valid(self, table: str, address: int, count: int) -> bool:
         if address < 0 or address + count > len(self.tables[table]):
@@ -90,6 +92,10 @@ class Store(ModbusServerContext):
                               count: int = 1) -> list[int] | list[bool] | ExcCodes:
         unit = self._unit(device_id)
         self.requests += 1
+        if unit.fail is not None:
+            code, left = unit.fail
+            unit.fail = (code, left - 1) if left > 1 else None
+            return ExcCodes(code)
         table = TABLE_OF_FUNCTION[func_code]
         delay = unit.delay.get(table, unit.delay.get("*", 0.0))
         if delay:
@@ -134,6 +140,8 @@ class Store(ModbusServerContext):
             unit.garble = (str(cmd["mode"]), int(cmd.get("count", 1)))
         elif op == "holes":
             unit.holes = {t: [(int(a), int(b)) for a, b in spans] for t, spans in cmd["holes"].items()}
+        elif op == "fail":
+            unit.fail = (int(cmd["code"]), int(cmd.get("count", 1)))
         elif op == "dead":
             unit.dead = bool(cmd["dead"])
         else:

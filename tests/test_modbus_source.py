@@ -345,3 +345,37 @@ async def test_modbus_rtu_over_a_serial_line(modbus_server: Start) -> None:
     assert rec.good(counter.key)[0] == 123456 and rec.good(flag.key)[0] is True
     assert set(rec.good(other.key)) == {42}
     assert rec.states == [("up", "line")]
+
+
+async def test_a_dead_connection_does_not_slow_another(modbus_server: Start) -> None:
+    server = modbus_server()
+    gone = modbus_server()
+    gone.stop()  # refused; and a black hole would only cost its own task the connect timeout
+    rec_ok, rec_dead = Recorder(), Recorder()
+    ok = ModbusSource("ok", tcp(server, poll=0.05), [SCRAP], rec_ok.ctx())
+    dead = ModbusSource("dead", tcp(gone, poll=0.05, timeout=0.2, retry_max=0.2), [SCRAP], rec_dead.ctx())
+    async with running(ok), running(dead):
+        await asyncio.sleep(1.0)
+    assert len(rec_ok.batches) >= 17 and ok.overruns == 0
+    assert [s for s, _ in rec_dead.states] == ["down"] and dead.backoff.attempts >= 3
+
+
+@pytest.mark.parametrize(("code", "bad_cycles"), [(6, 1), (4, 1), (11, 3), (1, 3)])
+async def test_exception_answers(modbus_server: Start, code: int, bad_cycles: int) -> None:
+    """Busy or failing: bad one cycle. Gateway without answer: unit waits. No such function: quarantine."""
+    server = modbus_server({"units": {"1": {}, "2": {}}})
+    server.set(1, "holding", 0, [9])
+    tags = [binding(holding=0), binding(holding=0, unit=2)]
+    config = tcp(server)
+    link = Link(config, "plc")
+    await link.open()
+    try:
+        poller = Poller(link, [point_of(t, 1) for t in tags], Limits.of(config), "plc")
+        server.fail(1, code)
+        cycles = [await poller.cycle() for _ in range(3)]
+    finally:
+        link.close()
+    unit1 = [next(r for r in c if r.point.unit == 1) for c in cycles]
+    assert [r.error is not None for r in unit1] == [True] * bad_cycles + [False] * (3 - bad_cycles)
+    assert f"exception {code}" in (unit1[0].error or "")
+    assert all(next(r for r in c if r.point.unit == 2).error is None for c in cycles)

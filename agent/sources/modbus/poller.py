@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 # Exception codes that mean "this block is wrong for this device": split it to find the tag.
 _SPLIT_CODES = {2, 3}
+# ... and "this device never answers this": quarantine. Other codes (busy...) pass: retry next cycle.
+_QUARANTINE_CODES = {1, 2, 3}
 # Exception codes that mean "nothing answers behind the gateway": the unit is dead.
 _DEAD_CODES = {10, 11}
 BAD_TAG_RETRY = 60.0  # a refused tag is tried alone again this often (PLC programs change)
@@ -81,11 +83,13 @@ class Poller:
         self.request_delay = link.config.request_delay
         self.stats = CycleStats()
         self._sent = False
+        self._died: list[_Unit] = []
 
     async def cycle(self, deadline: float | None = None) -> list[PointResult]:
         """One reading per point. `deadline` (monotonic) bounds the probes of dead units."""
         self.stats = CycleStats()
         self._sent = False
+        self._died = []
         # Quarantined tags first, so that a tag refused later in this cycle is not tried twice.
         recovered: list[Block] = []
         results = await self._retry_quarantine(recovered)
@@ -102,6 +106,10 @@ class Poller:
         self.blocks += recovered  # read from the next cycle on, as part of the plan
         if self.stats.timeouts and not self.stats.answered:
             raise LinkLost(f"no unit answers within {self.timeout:g}s")
+        # Said only now: when nothing answers at all, the connection is down, and that is the news.
+        for unit in self._died:
+            log.warning("Unit %d behind %s (%s) does not answer; its tags are bad until it does. %s",
+                        unit.unit, self.name, self.link.config.endpoint, unit.error)
         return results
 
     def blocks_of(self, unit: int) -> list[Block]:
@@ -166,9 +174,8 @@ class Poller:
 
     def _unit_died(self, unit: _Unit, error: str) -> None:
         if unit.dead_since is None:
-            log.warning("Unit %d behind %s (%s) does not answer; its tags are bad until it does. %s",
-                        unit.unit, self.name, self.link.config.endpoint, error)
             unit.dead_since = self.clock()
+            self._died.append(unit)
         unit.error = error
         unit.retry_at = self.clock() + unit.backoff.next_delay()
 
@@ -187,6 +194,9 @@ class Poller:
 
     def _refused(self, block: Block, exc: Refused, pending: list[Block]) -> list[PointResult]:
         """Split a refused block in place, or quarantine its tag(s) when it cannot be split."""
+        if exc.code not in _QUARANTINE_CODES:
+            log.debug("%s: %s refused for now: %s", self.name, block.describe(), exc)
+            return self._bad_block(block, str(exc))
         halves = split(block) if exc.code in _SPLIT_CODES else None
         index = self.blocks.index(block)
         if halves is not None:
