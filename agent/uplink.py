@@ -219,7 +219,8 @@ class Uplink:
     def _pause_left(self) -> float:
         left = self._pause.until - self._clock()
         if left <= 0 and self._pause.reason == "rate_limited":
-            self._end_pause("rate_limited", "Prodsmart's rate limit pause is over: sending again")
+            # The wait is over; the episode (logged once) ends with the next answer that is not a 429.
+            self._metrics.uplink_paused.labels("rate_limited").set(0)
         return max(0.0, left)
 
     def _choose(
@@ -227,8 +228,8 @@ class Uplink:
     ) -> tuple[Head | None, float | None]:
         """The next head to send (startstop, then counter, then parameters; round robin), or how
         long to wait for a lane's backoff to end (None: until woken)."""
-        if len(tasks) >= self._concurrency or (self._pause.reason == "auth" and tasks):
-            return None, None  # while credentials are refused, one probe at a time
+        if len(tasks) >= self._concurrency or (self._pause.reason is not None and tasks):
+            return None, None  # after a 429 or refused credentials, one probe at a time
         now = self._clock()
         ready: list[Head] = []
         soonest: float | None = None
@@ -291,6 +292,7 @@ class Uplink:
             self._rate_limited(response)
             return
         self._end_pause("auth", "Prodsmart accepts the API credentials again")
+        self._end_pause("rate_limited", "Prodsmart takes calls again after its rate limit")
         if for_token:
             await self._retry(call, unknown=False, reason="token",
                               detail=f"cannot get an access token: HTTP {status}")

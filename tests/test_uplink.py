@@ -188,9 +188,14 @@ def test_retry_after_takes_seconds_or_a_date() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["seconds", "http-date"])
-async def test_a_429_pauses_every_lane(box: Outbox, fake: FakeProdsmart, fmt: str) -> None:
+async def test_a_429_pauses_every_lane(
+    box: Outbox, fake: FakeProdsmart, fmt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.uplink")
     after = "1" if fmt == "seconds" else email.utils.formatdate(time.time() + 2, usegmt=True)
     fake.fail("A", httpx.Response(429, headers={"Retry-After": after}, text="slow down"))
+    if fmt == "seconds":  # B is the probe after the pause: its 429 is the same episode, logged once
+        fake.fail("B", httpx.Response(429, headers={"Retry-After": "1"}, text="slow down"))
     await commit(box, *[stop(m) for m in ("A", "B", "C", "D", "E", "F")])
     metrics = Metrics()
     uplink = make(box, fake, metrics, concurrency=1)
@@ -198,11 +203,14 @@ async def test_a_429_pauses_every_lane(box: Outbox, fake: FakeProdsmart, fmt: st
         await until(lambda: uplink.paused == "rate_limited")
         assert sample(metrics, "uplink_paused", reason="rate_limited") == 1
         await drained(box)
-    limited = next(s for s in fake.seen if s.status == 429)
-    later = [s for s in fake.seen if s.time > limited.time]
-    assert later and min(s.time for s in later) - limited.time >= 0.9
+    limits = [s for s in fake.seen if s.status == 429]
+    later = [s for s in fake.seen if s.time > limits[0].time]
+    assert later and min(s.time for s in later) - limits[0].time >= 0.9
     assert len(fake.applied) == 6 and uplink.paused is None
-    assert sample(metrics, "rate_limit_pauses_total") == 1
+    assert sample(metrics, "rate_limit_pauses_total") == len(limits) == (2 if fmt == "seconds" else 1)
+    assert sample(metrics, "uplink_paused", reason="rate_limited") == 0
+    warnings = [r for r in caplog.records if "rate limit is reached" in r.getMessage()]
+    assert len(warnings) == 1 and "takes calls again" in caplog.text
     assert await box.dead_letters() == []
 
 
