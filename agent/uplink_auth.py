@@ -106,10 +106,6 @@ class TokenAuth(httpx.Auth):
     def __repr__(self) -> str:
         return f"TokenAuth(url={self._url!r})"
 
-    @property
-    def has_token(self) -> bool:
-        return self._token is not None
-
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         raise RuntimeError("TokenAuth works with httpx.AsyncClient only")
 
