@@ -34,7 +34,7 @@ class Mosquitto:
     """`mosquitto -c <generated conf>` with persistence in `folder`; `stop()` saves its database."""
 
     def __init__(self, folder: Path, port: int | None = None, extra: str = "",
-                 anonymous: bool = True) -> None:
+                 anonymous: bool = True, inflight: int = 200) -> None:
         self.folder = folder
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -51,7 +51,7 @@ class Mosquitto:
             # Mosquitto keeps 1000 queued messages per client by default and drops the rest:
             # a flood test would lose messages at the broker, not in the agent.
             "max_queued_messages 0\n"
-            "max_inflight_messages 200\n"
+            f"max_inflight_messages {inflight}\n"
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"  # as root it would switch to `mosquitto`
             f"log_dest file {self.log}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
@@ -123,9 +123,11 @@ class Publisher:
 
     def many(self, items: Sequence[tuple[str, str | bytes]], qos: int = 1, retain: bool = False,
              timeout: float = 20.0) -> None:
-        infos = [self.client.publish(t, p, qos=qos, retain=retain) for t, p in items]
-        for info in infos:
-            info.wait_for_publish(timeout)
+        for start in range(0, len(items), 10_000):  # packet ids are 16 bits: keep well below 65535 pending
+            chunk = items[start:start + 10_000]
+            infos = [self.client.publish(t, p, qos=qos, retain=retain) for t, p in chunk]
+            for info in infos:
+                info.wait_for_publish(timeout)
 
     def close(self) -> None:
         self.client.disconnect()

@@ -341,6 +341,31 @@ async def test_keepalive_detects_a_broker_that_stopped_answering(mosquitto: Mosq
         await link.close()
 
 
+async def test_a_long_backlog_rests_the_socket_instead_of_filling_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.sources.mqtt.link.MAX_INBOX", 50)
+    broker = Mosquitto(tmp_path / "broker", inflight=0).start()  # no limit on unacknowledged messages
+    link = MqttLink(LinkSettings("127.0.0.1", broker.port, "backlog-test", "3.1.1", 30, 2.0))
+    try:
+        await link.connect()
+        await link.subscribe(["t/#"])
+        pub = Publisher(broker.port)
+        await asyncio.to_thread(pub.many, [("t/x", str(n)) for n in range(500)])
+        pub.close()
+        await asyncio.sleep(0.3)
+        assert 50 <= link.received < 50 + 256  # stopped reading (within one wake-up's packets)
+        got: list[int] = []
+        while len(got) < 500:
+            batch = await link.next_batch(20)
+            got += [int(m.payload) for m in batch]
+            for m in batch:
+                link.ack(m)
+        assert got == list(range(500))
+    finally:
+        await link.close()
+        broker.stop()
+
+
 def test_default_client_id_is_fixed_and_safe() -> None:
     assert default_client_id("line broker/1") == default_client_id("line broker/1")
     assert default_client_id("line broker/1").endswith("-line-broker-1")

@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 log = logging.getLogger(__name__)
 
 READS_PER_WAKEUP = 256  # packets read per readable event before the loop serves other tasks
+MAX_INBOX = 20_000  # messages waiting for the source; beyond, the socket rests (TCP backpressure)
 CLOSE_TIMEOUT = 2.0
 
 
@@ -102,6 +103,7 @@ class MqttLink:
         self._misc: asyncio.TimerHandle | None = None
         self._forgotten: set[str] = set()
         self._closed: asyncio.Future[None] | None = None
+        self._paused = False
         self.received = 0
 
     # ------------------------------------------------------------------ setup
@@ -229,7 +231,7 @@ class MqttLink:
         try:
             for _ in range(READS_PER_WAKEUP):
                 before = self.received
-                if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self._fd is None:
+                if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self._fd is None or self._paused:
                     return
                 if self.received == before and not _tls_pending(client):
                     return
@@ -277,6 +279,11 @@ class MqttLink:
         self.received += 1
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        if len(self._inbox) >= MAX_INBOX and not self._paused and self._fd is not None:
+            # A broker that lets us hold unlimited unacknowledged messages (max_inflight_messages 0)
+            # would fill our memory with a long backlog: stop reading until the source catches up.
+            self._paused = True
+            self._loop.remove_reader(self._fd)
 
     def _fail(self, detail: str) -> None:
         if self._lost is None:
@@ -325,6 +332,9 @@ class MqttLink:
             self._waiter = self._loop.create_future()
             await self._waiter
         batch, self._inbox = self._inbox[:limit], self._inbox[limit:]
+        if self._paused and len(self._inbox) < MAX_INBOX // 2 and self._fd is not None:
+            self._paused = False
+            self._loop.add_reader(self._fd, self._on_readable)
         return batch
 
     def forget(self, topic: str) -> None:

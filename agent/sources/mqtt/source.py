@@ -102,6 +102,8 @@ class _Complaints:
             return
         if len(self.last) >= MAX_COMPLAINT_TOPICS:  # a flood on countless topics: forget the old ones
             self.last = {t: v for t, v in self.last.items() if now - v[0] < COMPLAINT_PERIOD}
+            if len(self.last) >= MAX_COMPLAINT_TOPICS:
+                self.last.clear()
         self.last[topic] = (now, 0)
         more = f" ({quiet} more on this topic since the last report)" if quiet else ""
         log.warning("%s: cannot use a message on %s: %s%s", self.connection, topic, problem, more)
