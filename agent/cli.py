@@ -77,6 +77,14 @@ def _probe_module(protocol: str) -> Any:
     return importlib.import_module(f"agent.sources.{protocol}.probe")
 
 
+async def _open_outbox(cfg: AgentConfig) -> Any:
+    from agent.outbox import Outbox
+
+    return await Outbox.open(cfg.storage.path, synchronous=cfg.storage.synchronous,
+                             max_size_mb=cfg.storage.max_size_mb,
+                             waste_without_count=cfg.prodsmart.waste_without_count)
+
+
 def _config(path: str) -> AgentConfig:
     try:
         return load_config(path)
@@ -117,14 +125,14 @@ async def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     del redactor
     agent = Agent(cfg, Credentials(key, secret), dry_run=args.dry_run, out=out)
     notifier = Notifier()
-    install_signal_handlers(agent)
+    install_signal_handlers(agent, on_stop=lambda: notifier.notify("STOPPING=1"),
+                            on_reload=lambda: notifier.notify("RELOADING=1"))
     server = await serve_http(agent, cfg.metrics.listen) if cfg.metrics.enabled else None
     agent.ready = lambda: notifier.notify("READY=1", "STATUS=running")
     supervisor = asyncio.create_task(supervise(agent, notifier))
     try:
         await agent.run()
     finally:
-        notifier.notify("STOPPING=1")
         supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
@@ -142,26 +150,22 @@ async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def cmd_rebase(args: argparse.Namespace, out: TextIO) -> int:
-    from agent.outbox import Outbox
-
     cfg = _config(args.config)
     if args.machine not in cfg.machines:
         raise Fail(f"no machine {args.machine!r} in {args.config}")
-    outbox = await Outbox.open(cfg.storage.path)
+    outbox = await _open_outbox(cfg)
     try:
         offset = await outbox.rebase(args.machine, args.count)
     finally:
         await outbox.close()
-    out.write(f"{args.machine}: the next count sent will be above {args.count} (offset {offset}). "
-              "Restart the agent if it is running.\n")
+    out.write(f"{args.machine}: the next count sent will be above {args.count} (offset {offset}); "
+              "it takes effect with the next count, no restart needed.\n")
     return 0
 
 
 async def cmd_dead_letters(args: argparse.Namespace, out: TextIO) -> int:
-    from agent.outbox import Outbox
-
     cfg = _config(args.config)
-    outbox = await Outbox.open(cfg.storage.path)
+    outbox = await _open_outbox(cfg)
     try:
         letters = await outbox.dead_letters()
         if args.action == "list":
@@ -169,7 +173,7 @@ async def cmd_dead_letters(args: argparse.Namespace, out: TextIO) -> int:
                 out.write("no dead letters\n")
             for d in letters:
                 out.write(f"{d.id:>5}  {d.machine:<16} {d.endpoint:<10} HTTP {d.status}  "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d.created))}\n"
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d.failed_at))}\n"
                           f"       body: {d.body}\n       answer: {d.response}\n")
             return 0
         ids = args.ids or [d.id for d in letters]

@@ -119,8 +119,13 @@ class Pipeline:
             elif n.kind == "duplicate":
                 m.duplicates.labels(n.machine).inc()
             elif n.kind == "bad_value":
-                m.bad_readings.labels(self.logic.machines()[n.machine].connection, n.role).inc()
+                m.bad_readings.labels(self.logic.machines()[n.machine].connection, "unusable_value").inc()
                 self._warn_once(n, "ignored a value it cannot use")
+            elif n.kind == "state_invalid":
+                log.warning("%s: the saved state could not be used, starting from a new baseline: %s",
+                            n.machine, n.detail)
+            elif n.kind in ("rebaseline", "glitch"):
+                log.info("%s: %s %s %s", n.machine, n.role, n.kind, n.detail)
             else:
                 log.debug("%s: %s %s %s", n.machine, n.role, n.kind, n.detail)
 
@@ -249,6 +254,7 @@ class Agent:
         except ConfigError as exc:
             log.error("Reload refused, the running configuration is kept. %d problem(s):\n%s",
                       len(exc.problems), exc)
+            self.ready()
             return sources
         sources.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -259,11 +265,23 @@ class Agent:
         self.config = new
         log.info("Configuration reloaded: %d machines on %d connections",
                  len(new.machines), len(new.connections))
+        self.ready()
         return group.create_task(self._run_sources(new, ctx), name="sources")
 
 
-def install_signal_handlers(agent: Agent) -> None:
+def install_signal_handlers(agent: Agent, on_stop: Callable[[], None] = lambda: None,
+                            on_reload: Callable[[], None] = lambda: None) -> None:
+    """SIGTERM/SIGINT stop cleanly, SIGHUP reloads the tag map."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, agent.stopping.set)
-    loop.add_signal_handler(signal.SIGINT, agent.stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, agent.reload_requested.set)
+
+    def stop() -> None:
+        on_stop()
+        agent.stopping.set()
+
+    def reload() -> None:
+        on_reload()
+        agent.reload_requested.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    loop.add_signal_handler(signal.SIGINT, stop)
+    loop.add_signal_handler(signal.SIGHUP, reload)

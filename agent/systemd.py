@@ -17,6 +17,8 @@ class Notifier:
             # An address starting with '@' is in the abstract namespace.
             self._address = "\0" + address[1:] if address.startswith("@") else address
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # Never block the event loop on a slow reader: a lost STATUS= is harmless.
+            self._sock.setblocking(False)
 
     @property
     def enabled(self) -> bool:
@@ -28,7 +30,7 @@ class Notifier:
         try:
             self._sock.sendto("\n".join(lines).encode(), self._address)
         except OSError:
-            pass  # systemd gone (shutdown): nothing useful to do
+            pass  # systemd busy (EAGAIN) or gone (shutdown): nothing useful to do
 
     def watchdog_interval(self) -> float | None:
         """Half of WATCHDOG_USEC in seconds, if systemd asked for keep-alive pings for us."""

@@ -6,8 +6,11 @@ so the true count at the end is known; the sandbox ledger must hold exactly that
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,9 +50,9 @@ machines:
 
 MACHINE = """  {code}:
     connection: {conn}
-    counter: {{signal: count, unit: {unit}}}
+    counter: {{signal: count, unit: {unit}{width}}}
     waste:
-      Scrap: {{signal: scrap, unit: {unit}}}
+      Scrap: {{signal: scrap, unit: {unit}{width}}}
     running: {{signal: running, unit: {unit}}}
     stop_reason:
       tag: {{signal: reason, unit: {unit}}}
@@ -67,25 +70,41 @@ def _plc(config_path: Path, conn: str, unit: str) -> SimulatedPlc:
 
 
 def _transitions(plc: SimulatedPlc, start: float, stop: float) -> list[tuple[int, str]]:
-    """(running, type) transitions of the schedule in (start, stop], sampled every 10 ms."""
-    out: list[tuple[int, str]] = []
+    """(running, type) as the agent reports them from `start` on: a stop if the machine is
+    stopped when first seen, then every change; a start carries the type of the downtime it
+    closes. Sampled every 10 ms."""
     state = plc.running(start)
+    open_type = None if state else TYPES[plc.reason(start)]
+    out: list[tuple[int, str]] = [] if state else [(0, TYPES[plc.reason(start)])]
     t = start
     while t < stop:
         t += 0.01
         now = plc.running(t)
         if now != state:
-            reason = TYPES[plc.reason(t - 0.005)] if state else TYPES[plc.reason(t)]
-            out.append((1 if now else 0, reason))
+            if not now:
+                open_type = TYPES[plc.reason(t)]
+            assert open_type is not None
+            out.append((1 if now else 0, open_type))
             state = now
     return out
 
 
-def _safe_kill_time(t: float, downtime: float) -> float:
-    """The first moment >= t whose kill window [t-0.5, t+downtime+2] holds no counter reset."""
-    while math.floor((t - 0.5) / RESET_EVERY) != math.floor((t + downtime + 2.0) / RESET_EVERY):
+def _safe_kill_time(t: float, downtime: float, resets: list[float]) -> float:
+    """The first moment >= t whose kill window [t-0.5, t+downtime+2] holds no counter reset:
+    an agent that sleeps through a reset cannot see the parts made just before it."""
+    while any(t - 0.5 <= r <= t + downtime + 2.0 for r in resets):
         t += 0.25
     return t
+
+
+def _readings(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("prodsmart_edge_readings_total{"))
 
 
 def _sleep_until(t: float) -> None:
@@ -95,16 +114,21 @@ def _sleep_until(t: float) -> None:
 @pytest.mark.timeout(170)
 def test_kills_and_faults_lose_nothing_and_count_nothing_twice(tmp_path: Path) -> None:
     sandbox = start_sandbox()
+    metrics_port = free_port()
     t0 = time.time()
-    start, stop = t0 + 3.0, t0 + 48.0
+    start, stop = t0 + 6.0, t0 + 50.0
     text = CONFIG.format(
-        url=sandbox.url, db=tmp_path / "agent.db", metrics_port=free_port(), reset=RESET_EVERY,
+        url=sandbox.url, db=tmp_path / "agent.db", metrics_port=metrics_port, reset=RESET_EVERY,
         start=start, stop=stop,
-        machines="".join(MACHINE.format(code=c, conn=n, unit=u) for c, n, u in MACHINES))
+        machines="".join(MACHINE.format(code=c, conn=n, unit=u, width=", modulus: 256" if n == "sim-b" else "")
+                         for c, n, u in MACHINES))
     config = write_config(tmp_path / "agent.yaml", text)
     agent = AgentProcess(config, agent_env(sandbox))
     try:
         agent.start()
+        # The first reading is a baseline: it must come before production starts.
+        wait_until(lambda: _readings(metrics_port) > 0, 20, message="the agent's first readings")
+        assert time.time() < start, "the agent took too long to start"
         plan: list[tuple[float, object]] = [
             (6.0, Fault(kind="status", status=503, count=4)),
             (9.0, "kill"),
@@ -117,12 +141,19 @@ def test_kills_and_faults_lose_nothing_and_count_nothing_twice(tmp_path: Path) -
             (35.0, "kill"),
             (43.0, Fault(kind="timeout", delay=2.0, apply=True, count=2)),
         ]
+        resets: list[float] = []
+        for _code, conn, unit in MACHINES:
+            plc = _plc(config, conn, unit)
+            boundaries = range(math.floor(t0 / RESET_EVERY), math.ceil(stop / RESET_EVERY) + 1)
+            resets += [r for b in boundaries if (r := plc.last_reset(b * RESET_EVERY + 9.9)) is not None]
+        kills: list[float] = []
         for offset, action in plan:
             if action == "kill":
                 downtime = 0.8
-                at = _safe_kill_time(t0 + offset, downtime)
+                at = _safe_kill_time(t0 + offset, downtime, resets)
                 _sleep_until(at)
                 agent.kill()
+                kills.append(time.time())
                 time.sleep(downtime)
                 agent.start()
             else:
@@ -145,7 +176,17 @@ def test_kills_and_faults_lose_nothing_and_count_nothing_twice(tmp_path: Path) -
                 for code, (count, scrap) in expected.items()
             )
 
-        wait_until(settled, timeout=60, message=f"sandbox counters to reach {expected}")
+        try:
+            wait_until(settled, timeout=60, message=f"sandbox counters to reach {expected}")
+        except AssertionError:
+            debug = Path(tempfile.gettempdir()) / "prodsmart-edge-e2e"
+            debug.mkdir(exist_ok=True)
+            (debug / "ledger.json").write_text(json.dumps(sandbox.ledger().to_json()))
+            (debug / "agent.yaml").write_text(text)
+            (debug / "agent.log").write_text(agent.output())
+            (debug / "kills.json").write_text(json.dumps(kills))
+            raise AssertionError(f"(details in {debug}) "f"expected {expected}, sandbox has {sandbox.ledger().counters}\n"
+                                 f"agent output:\n{agent.output()[-4000:]}") from None
         time.sleep(1.0)  # nothing more may arrive after the totals are reached
         ledger = sandbox.ledger()
         for code, (count, scrap) in expected.items():

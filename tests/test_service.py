@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,7 +41,7 @@ EXTRA = """  M2:
 
 
 class NotifySocket:
-    """What systemd listens on: a datagram socket collecting sd_notify messages."""
+    """What systemd listens on: a datagram socket whose messages a thread collects, like systemd."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -48,18 +49,23 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.1)
         self.messages: list[str] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
 
-    def collect(self) -> list[str]:
-        while True:
+    def _collect(self) -> None:
+        while not self._done.is_set():
             try:
                 self.messages.extend(self.sock.recv(4096).decode().splitlines())
             except TimeoutError:
-                return self.messages
+                continue
 
     def seen(self, prefix: str) -> list[str]:
-        return [m for m in self.collect() if m.startswith(prefix)]
+        return [m for m in list(self.messages) if m.startswith(prefix)]
 
     def close(self) -> None:
+        self._done.set()
+        self._thread.join(2)
         self.sock.close()
 
 
@@ -151,6 +157,7 @@ def test_reload_valid_and_invalid_tag_maps(setup) -> None:  # type: ignore[no-un
     write_config(config, text + EXTRA)
     agent.signal(signal.SIGHUP)
     wait_until(lambda: "Configuration reloaded" in agent.output(), 10, message="reload")
+    assert len(notify.seen("RELOADING=1")) == 2 and len(notify.seen("READY=1")) == 3
     wait_until(lambda: (sandbox.ledger().counters.get("M2") or {}).get("count"), 20, message="M2 counts")
     # M1 went on from its total: never a count lower than or equal to one already sent.
     rejected = [r for r in sandbox.ledger().rejected if r["status"] == 400]

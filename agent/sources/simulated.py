@@ -51,9 +51,22 @@ class SimulatedPlc:
     def scrap(self, t: float) -> int:
         return self.produced(t) // self.conf.scrap_every
 
+    def _reset_time(self, boundary: float) -> float:
+        """A reset is due at each `reset_every` boundary and happens at the first moment from
+        then on when the machine has been stopped for half its stop (a shift or job change):
+        the last count before it stays readable for a while, as on a real line."""
+        target = self.run_length + (self.conf.cycle - self.run_length) / 2
+        pos = (boundary + self.phase) % self.conf.cycle
+        return boundary if pos >= target else boundary + target - pos
+
     def last_reset(self, t: float) -> float | None:
+        """When the raw counter was last set to 0 (None: it never resets)."""
         every = self.conf.reset_every
-        return None if every is None else math.floor(t / every) * every
+        if every is None:
+            return None
+        boundary = math.floor(t / every) * every
+        reset = self._reset_time(boundary)
+        return reset if reset <= t else self._reset_time(boundary - every)
 
     def raw(self, signal: str, t: float, modulus: int | None) -> int:
         """What the PLC register holds: since the last reset, wrapped at the modulus."""
