@@ -9,6 +9,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,7 @@ class OpcUaServer:
         self.ns = 0
         self.proc: subprocess.Popen[str] | None = None
         self.values: dict[str, Any] = {}  # replayed after a restart: the PLC keeps its values
-        self._log = tempfile.NamedTemporaryFile(prefix="opcua-server-", suffix=".log", delete=False)  # noqa: SIM115
+        self._log = tempfile.NamedTemporaryFile(prefix="opcua-server-", suffix=".log", delete=False)
 
     @property
     def url(self) -> str:
@@ -63,7 +64,8 @@ class OpcUaServer:
             args += ["--bench", str(self.bench), "--rate", str(self.rate)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.opcua_server", *args], cwd=ROOT, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         if not line.startswith("ready "):
@@ -84,6 +86,11 @@ class OpcUaServer:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP / SIGCONT: a server that hangs with its connections open (no FIN, no answer)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def close(self) -> None:
         self.stop()

@@ -12,7 +12,17 @@ import pytest
 
 from agent.sources.opcua.security import thumbprint
 from agent.sources.opcua.source import OpcUaSource
-from tests.fixtures_opcua import OpcUaServer, Pki, Recorder, binding, connection, make_pki, opcua_server, running, wait_for
+from tests.fixtures_opcua import (
+    OpcUaServer,
+    Pki,
+    Recorder,
+    binding,
+    connection,
+    make_pki,
+    opcua_server,
+    running,
+    wait_for,
+)
 
 __all__ = ["opcua_server"]  # the fixture, imported for pytest
 
@@ -50,7 +60,8 @@ async def test_a_wrong_password_is_a_clear_error_and_does_not_flood_the_server(
         opcua_server: Start, pki: Pki) -> None:
     server = opcua_server(secure=pki.server_folder)
     rec = Recorder(secrets={"username": "operator", "password": "wrong"})
-    source = OpcUaSource("oven", connection(server, **_secured(server, pki)), [binding(node="i=2258")], rec.ctx())
+    cfg = connection(server, **_secured(server, pki))
+    source = OpcUaSource("oven", cfg, [binding(node="i=2258")], rec.ctx())
     async with running(source):
         await wait_for(lambda: rec.downs(), what="the connection reported down")
         await asyncio.sleep(3.0)
@@ -60,7 +71,8 @@ async def test_a_wrong_password_is_a_clear_error_and_does_not_flood_the_server(
     assert server.sessions() <= 4  # backoff with jitter: 0.5-1 s, then 1-2 s, then 2 s...
 
 
-async def test_an_untrusted_server_certificate_is_refused(opcua_server: Start, pki: Pki, tmp_path: Path) -> None:
+async def test_an_untrusted_server_certificate_is_refused(opcua_server: Start, pki: Pki,
+                                                          tmp_path: Path) -> None:
     server = opcua_server(secure=pki.server_folder)
     empty = tmp_path / "trusted"
     empty.mkdir()
@@ -90,13 +102,15 @@ async def test_trust_on_first_use_is_logged_and_pinned(opcua_server: Start, pki:
     assert thumbprint(pki.server_cert.read_bytes()) in record.getMessage()
 
 
-async def test_the_server_refuses_an_agent_certificate_it_does_not_trust(opcua_server: Start, pki: Pki) -> None:
+async def test_the_server_refuses_an_agent_certificate_it_does_not_trust(opcua_server: Start,
+                                                                         pki: Pki) -> None:
     (pki.server_folder / "trusted" / "agent.der").unlink()
     shutil.copy(pki.server_cert, pki.server_folder / "trusted" / "other.der")  # another certificate only
     server = opcua_server(secure=pki.server_folder)
     rec = Recorder(secrets={"username": "operator", "password": pki.password})
-    source = OpcUaSource("oven", connection(server, **_secured(server, pki)), [binding(node="i=2258")], rec.ctx())
+    cfg = connection(server, **_secured(server, pki))
+    source = OpcUaSource("oven", cfg, [binding(node="i=2258")], rec.ctx())
     async with running(source):
         await wait_for(lambda: rec.downs(), what="the connection reported down")
-    assert rec.downs()[0].startswith(f"The OPC UA server at {server.url} does not accept the agent's certificate "
-                                     f"{pki.client_cert}")
+    assert rec.downs()[0].startswith(f"The OPC UA server at {server.url} does not accept the agent's "
+                                     f"certificate {pki.client_cert}")

@@ -114,9 +114,11 @@ class OpcUaTag(Strict):
 
     @model_validator(mode="after")
     def _one_address(self) -> OpcUaTag:
-        if (self.node is None) == (self.path is None):
-            raise ValueError("give either node (a NodeId such as ns=2;s=Oven02.GoodParts) or path "
-                             "(a browse path such as Objects/2:Oven02/2:GoodParts), not both")
+        if self.node is not None and self.path is not None:
+            raise ValueError("give node or path, not both")
+        if self.node is None and self.path is None:
+            raise ValueError("needs node (a NodeId such as ns=2;s=Oven02.GoodParts) or path "
+                             "(a browse path such as Objects/2:Oven02/2:GoodParts)")
         return self
 
     @property

@@ -89,7 +89,7 @@ class Link:
     # ------------------------------------------------------------------------- life cycle
 
     @contextlib.contextmanager
-    def _mapped(self) -> Iterator[None]:
+    def mapped(self) -> Iterator[None]:
         """asyncua's exceptions, as one LinkError that says what to do."""
         try:
             yield
@@ -101,7 +101,7 @@ class Link:
                              certificate=self.cfg.certificate, timeout=self.cfg.timeout) from None
 
     async def open(self) -> None:
-        with self._mapped():
+        with self.mapped():
             # Connecting takes a few round trips (endpoints, hello, channel, session, activation).
             async with asyncio.timeout(self.cfg.timeout * 3):
                 self.server_certificate = await secure(self.client, self.cfg, self.creds, self.trust)
@@ -144,7 +144,7 @@ class Link:
             except LookupError as exc:
                 failed[p.key] = f"cannot be found: {exc}"
         for chunk in _chunks(paths):
-            with self._mapped():
+            with self.mapped():
                 results = await self.client.uaclient.translate_browsepaths_to_nodeids([bp for _, bp in chunk])
             for (p, _), result in zip(chunk, results, strict=True):
                 if result.StatusCode.is_good() and result.Targets:
@@ -158,15 +158,16 @@ class Link:
         elements = [_element(resolve_namespace(ns, self.namespaces), name) for ns, name in ref.steps]
         return ua.BrowsePath(StartingNode=ROOT, RelativePath=ua.RelativePath(Elements=elements))
 
-    async def read(self, nodes: Mapping[str, ua.NodeId]) -> dict[str, ua.DataValue]:
-        """The current value of each node, by key (one Read per CHUNK nodes)."""
+    async def read(self, nodes: Mapping[str, ua.NodeId],
+                   attribute: AttributeIds = AttributeIds.Value) -> dict[str, ua.DataValue]:
+        """The current value (or another attribute) of each node, by key (one Read per CHUNK nodes)."""
         out: dict[str, ua.DataValue] = {}
         items = list(nodes.items())
         for chunk in _chunks(items):
             params = ua.ReadParameters(
                 MaxAge=0, TimestampsToReturn=ua.TimestampsToReturn.Both,
-                NodesToRead=[ua.ReadValueId(NodeId=n, AttributeId=AttributeIds.Value) for _, n in chunk])
-            with self._mapped():
+                NodesToRead=[ua.ReadValueId(NodeId=n, AttributeId=attribute) for _, n in chunk])
+            with self.mapped():
                 results = await self.client.uaclient.read(params)
             out.update(zip((k for k, _ in chunk), results, strict=True))
         return out
@@ -198,7 +199,7 @@ class Link:
         self._keys = {h: k for h, k in self._keys.items() if k not in keys}
         if ids and self._sub_id is not None:
             params = ua.DeleteMonitoredItemsParameters(SubscriptionId=self._sub_id, MonitoredItemIds=ids)
-            with self._mapped():
+            with self.mapped():
                 await self.client.uaclient.session.delete_monitored_items(params)
 
     async def _subscribe(self) -> None:
@@ -209,7 +210,7 @@ class Link:
             RequestedLifetimeCount=max(3 * keepalive, math.ceil(self.cfg.session_timeout / publishing)),
             RequestedMaxKeepAliveCount=keepalive, MaxNotificationsPerPublish=0, PublishingEnabled=True,
             Priority=0)
-        with self._mapped():
+        with self.mapped():
             result = await self.client.uaclient.session.create_subscription(params, self._on_publish)
         self._sub_id = result.SubscriptionId
         revised = result.RevisedPublishingInterval / 1000
@@ -235,7 +236,7 @@ class Link:
         assert self._sub_id is not None
         params = ua.CreateMonitoredItemsParameters(SubscriptionId=self._sub_id, ItemsToCreate=items,
                                                    TimestampsToReturn=ua.TimestampsToReturn.Both)
-        with self._mapped():
+        with self.mapped():
             return await self.client.uaclient.session.create_monitored_items(params)
 
     async def _on_publish(self, result: ua.PublishResult) -> None:
