@@ -103,3 +103,10 @@ async def test_problems_are_reported_plainly() -> None:
     assert code == 2 and "--topic a/#/b: '#' must be a whole level" in text
     code, text = await _probe("--machine", "NOPE", config=_config(port))
     assert code == 2 and "no machine 'NOPE'" in text
+
+
+def test_the_cli_wiring_keeps_its_protocol_argument() -> None:
+    from agent.cli import _parser
+
+    args = _parser().parse_args(["probe", "mqtt", "--host", "h", "--protocol", "5"])
+    assert (args.protocol, args.mqtt_protocol, args.host) == ("mqtt", "5", "h")

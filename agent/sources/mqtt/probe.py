@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     broker.add_argument("--connection", help="with --config: the MQTT connection to watch")
     broker.add_argument("--host", help="MQTT broker host name or address")
     broker.add_argument("--port", type=int, help="TCP port (default 1883, 8883 with TLS)")
-    broker.add_argument("--protocol", choices=["3.1.1", "5"], help="MQTT version (default 3.1.1)")
+    # dest: `protocol` is the CLI's own (probe modbus|opcua|mqtt)
+    broker.add_argument("--protocol", dest="mqtt_protocol", choices=["3.1.1", "5"],
+                        help="MQTT version (default 3.1.1)")
     broker.add_argument("--username", help=f"user name; the password is read from ${PASSWORD_ENV}")
     broker.add_argument("--tls", action="store_true", help="TLS with the system's CA certificates")
     broker.add_argument("--ca-file", help="TLS: the CA certificate (PEM) that signed the broker's")
@@ -170,7 +172,7 @@ def _settings(args: argparse.Namespace, conn: MqttConnection, name: str | None) 
     password = os.environ.get(PASSWORD_ENV) if args.username else secret("password")
     return LinkSettings(
         host=args.host or conn.host, port=port, client_id=f"prodsmart-edge-probe-{os.getpid()}",
-        protocol=args.protocol or conn.protocol, keepalive=round(conn.keepalive),
+        protocol=args.mqtt_protocol or conn.protocol, keepalive=round(conn.keepalive),
         connect_timeout=conn.connect_timeout, persistent=False, username=username, password=password,
         tls=tls_factory(tls, secret("key_password")) if tls is not None else None,
     )
