@@ -6,7 +6,9 @@ true number of parts, and the stop reason read from a holding register must arri
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,8 +67,19 @@ def test_wrap_reset_and_plc_restart_end_as_the_right_total(modbus_server: Start,
     plc.set(1, "holding", 100, [65000])
     plc.set(1, "coil", 12, [True])
     plc.set_value(1, "input", 30, 1805.0, "float32")
-    text = CONFIG.format(url=sandbox.url, db=tmp_path / "agent.db", metrics_port=free_port(), port=plc.port)
+    metrics_port = free_port()
+    text = CONFIG.format(url=sandbox.url, db=tmp_path / "agent.db", metrics_port=metrics_port, port=plc.port)
     agent = AgentProcess(write_config(tmp_path / "agent.yaml", text), agent_env(sandbox))
+
+    def readings() -> float:
+        """Readings the agent took from the PLC so far (its Prometheus endpoint)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return 0.0
+        match = re.search(r'^prodsmart_edge_readings_total\{connection="press-plc"\} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else 0.0
 
     def count() -> int | None:
         return sandbox.ledger().counters.get("PRESS-01", {}).get("count")
@@ -77,7 +90,8 @@ def test_wrap_reset_and_plc_restart_end_as_the_right_total(modbus_server: Start,
 
     try:
         agent.start()
-        time.sleep(1.5)  # the first reading is the baseline: 65000 counts nothing
+        # The first reading is the baseline: 65000 counts nothing.
+        wait_until(lambda: readings() > 0, timeout=30, message=f"a first reading; output:\n{agent.output()}")
         plc.set(1, "holding", 100, [65100])
         reach(100)
         plc.set(1, "holding", 100, [65500])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 import time
 from collections.abc import Callable
 
@@ -137,8 +138,11 @@ async def test_one_dead_unit_behind_a_gateway_does_not_delay_the_others(modbus_s
         started = time.monotonic()
         await wait_for(lambda: time.monotonic() - started > seconds, within=seconds + 1)
     times = [t for t, batch in rec.batches if t >= started]
-    assert len(times) >= 0.8 * seconds / poll
-    assert max(b - a for a, b in itertools.pairwise(times)) < 0.3
+    intervals = [b - a for a, b in itertools.pairwise(times)]
+    # Waiting for unit 3 in each cycle would make every interval >= its 0.4 s timeout.
+    assert len(times) >= 0.7 * seconds / poll
+    assert statistics.median(intervals) < 0.12
+    assert sorted(intervals)[int(0.9 * len(intervals))] < 0.25
     assert set(rec.good(one.key)) == {11} and set(rec.good(two.key)) == {22}
     assert not rec.good(dead.key)
     assert "unit 3 does not answer" in (rec.bad(dead.key)[-1].error or "")
@@ -199,13 +203,14 @@ async def test_poll_overruns_are_counted(modbus_server: Start) -> None:
 async def test_steady_schedule_without_drift(modbus_server: Start) -> None:
     server = modbus_server()
     rec = Recorder()
-    poll = 0.05
+    poll, cycles = 0.08, 30
     source = ModbusSource("press", tcp(server, poll=poll), [SCRAP, TEMP], rec.ctx())
     async with running(source):
-        await wait_for(lambda: len(rec.batches) >= 41, within=10)
-    times = [t for t, _ in rec.batches[:41]]
-    # 40 intervals: the start of cycle 40 is 40 * poll after cycle 0 however each cycle went.
-    assert times[-1] - times[0] == pytest.approx(40 * poll, abs=0.04)
+        await wait_for(lambda: len(rec.batches) > cycles, within=10)
+    times = [t for t, _ in rec.batches[: cycles + 1]]
+    # Each batch is late by its cycle's read time (jitter), but the lateness does not add up.
+    late = [t - (times[0] + i * poll) for i, t in enumerate(times)]
+    assert abs(statistics.median(late[-10:]) - statistics.median(late[:10])) < 0.015
     assert source.overruns == 0
 
 
@@ -356,7 +361,7 @@ async def test_a_dead_connection_does_not_slow_another(modbus_server: Start) -> 
     dead = ModbusSource("dead", tcp(gone, poll=0.05, timeout=0.2, retry_max=0.2), [SCRAP], rec_dead.ctx())
     async with running(ok), running(dead):
         await asyncio.sleep(1.0)
-    assert len(rec_ok.batches) >= 17 and ok.overruns == 0
+    assert len(rec_ok.batches) >= 14 and set(rec_ok.good(SCRAP.key)) == {0}
     assert [s for s, _ in rec_dead.states] == ["down"] and dead.backoff.attempts >= 3
 
 
