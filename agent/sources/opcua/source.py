@@ -198,9 +198,7 @@ class OpcUaSource:
     # ------------------------------------------------------------------------- state
 
     def _report_up(self) -> None:
-        if self._up is not True:
-            if self._up is False:
-                log.info("%s: connected again to the OPC UA server at %s", self.name, self.config.url)
+        if self._up is not True:  # the service logs the transition
             self._up = True
             self.ctx.connection_up(self.name)
 
