@@ -35,7 +35,8 @@ class Fail(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prodsmart-edge", description="Shop-floor machine edge agent for Prodsmart.")
+    p = argparse.ArgumentParser(prog="prodsmart-edge",
+                                description="Shop-floor machine edge agent for Prodsmart.")
     p.add_argument("--version", action="version", version=f"prodsmart-edge {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -77,7 +78,7 @@ def _probe_module(protocol: str) -> Any:
     return importlib.import_module(f"agent.sources.{protocol}.probe")
 
 
-async def _open_outbox(cfg: AgentConfig) -> Any:
+async def open_outbox(cfg: AgentConfig) -> Any:
     from agent.outbox import Outbox
 
     return await Outbox.open(cfg.storage.path, synchronous=cfg.storage.synchronous,
@@ -153,7 +154,7 @@ async def cmd_rebase(args: argparse.Namespace, out: TextIO) -> int:
     cfg = _config(args.config)
     if args.machine not in cfg.machines:
         raise Fail(f"no machine {args.machine!r} in {args.config}")
-    outbox = await _open_outbox(cfg)
+    outbox = await open_outbox(cfg)
     try:
         offset = await outbox.rebase(args.machine, args.count)
     finally:
@@ -165,7 +166,7 @@ async def cmd_rebase(args: argparse.Namespace, out: TextIO) -> int:
 
 async def cmd_dead_letters(args: argparse.Namespace, out: TextIO) -> int:
     cfg = _config(args.config)
-    outbox = await _open_outbox(cfg)
+    outbox = await open_outbox(cfg)
     try:
         letters = await outbox.dead_letters()
         if args.action == "list":
@@ -191,8 +192,8 @@ async def cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
         module = _probe_module(args.protocol)
     except ImportError:
         raise Fail(f"probe is not available for {args.protocol} in this build") from None
-    result: int = await module.run(args, cfg, out)
-    return result
+    run: Callable[..., Awaitable[int]] = module.run
+    return await run(args, cfg, out)
 
 
 async def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:

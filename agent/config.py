@@ -40,7 +40,7 @@ class Paths(Strict):
 class ProdsmartSection(Strict):
     url: str = "https://app.prodsmart.com"
     auth: Literal["basic", "token"] = "basic"
-    requests_per_minute: float = Field(100, gt=0, le=120)
+    requests_per_minute: float = Field(default=100, gt=0, le=120)
     timeout: Duration = 15.0
     paths: Paths = Paths()
     # Prodsmart does not document whether a waste-only counter call needs `count`.
@@ -68,7 +68,7 @@ class StorageSection(Strict):
     path: str = "/var/lib/prodsmart-edge/agent.db"
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     commit_interval: Duration = 0.2
-    max_size_mb: float = Field(256, gt=0)
+    max_size_mb: float = Field(default=256, gt=0)
 
 
 class MetricsSection(Strict):
@@ -123,20 +123,20 @@ class _ParameterRole(Strict):
 
 class _StopReason(Strict):
     tag: dict[str, Any] | None = None
-    types: dict[Scalar, str] = {}
+    types: dict[Scalar, str] = Field(default_factory=dict)
     default: str = "Stopped"
 
 
 class _Machine(Strict):
     connection: str
     counter: dict[str, Any] | None = None
-    waste: dict[str, dict[str, Any]] = {}
+    waste: dict[str, dict[str, Any]] = Field(default_factory=dict)
     running: dict[str, Any] | None = None
     stop_reason: _StopReason | None = None
     min_duration: Duration = 0.0
     idle_after: Duration | None = None
     idle_type: str = "No production"
-    parameters: dict[str, dict[str, Any]] = {}
+    parameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- resolved specs

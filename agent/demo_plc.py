@@ -27,7 +27,8 @@ def demo_plc(seed: int, unit: str) -> SimulatedPlc:
 
 
 async def serve_opcua(port: int, seed: int, stop: asyncio.Event) -> None:
-    from asyncua import Server, ua
+    from asyncua import ua
+    from asyncua.server.server import Server
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     server = Server()
@@ -36,13 +37,15 @@ async def serve_opcua(port: int, seed: int, stop: asyncio.Event) -> None:
     server.set_server_name("prodsmart-edge demo OPC UA PLC")
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     ns = await server.register_namespace(OPCUA_NAMESPACE)
-    oven = await server.nodes.objects.add_object(ua.NodeId("Oven", ns), "Oven")
+    oven = await server.nodes.objects.add_object(f"ns={ns};s=Oven", "Oven")
     nodes = {
-        "count": await oven.add_variable(ua.NodeId("Oven.GoodParts", ns), "GoodParts", 0, ua.VariantType.UInt32),
-        "scrap": await oven.add_variable(ua.NodeId("Oven.Scrap", ns), "Scrap", 0, ua.VariantType.UInt32),
-        "running": await oven.add_variable(ua.NodeId("Oven.Running", ns), "Running", False),
-        "reason": await oven.add_variable(ua.NodeId("Oven.StopReason", ns), "StopReason", 0, ua.VariantType.UInt16),
-        "temperature": await oven.add_variable(ua.NodeId("Oven.Temperature", ns), "Temperature", 0.0),
+        "count": await oven.add_variable(f"ns={ns};s=Oven.GoodParts", "GoodParts", 0,
+                                         ua.VariantType.UInt32),
+        "scrap": await oven.add_variable(f"ns={ns};s=Oven.Scrap", "Scrap", 0, ua.VariantType.UInt32),
+        "running": await oven.add_variable(f"ns={ns};s=Oven.Running", "Running", False),
+        "reason": await oven.add_variable(f"ns={ns};s=Oven.StopReason", "StopReason", 0,
+                                          ua.VariantType.UInt16),
+        "temperature": await oven.add_variable(f"ns={ns};s=Oven.Temperature", "Temperature", 0.0),
     }
     plc = demo_plc(seed, "oven")
     async with server:

@@ -43,7 +43,8 @@ class Metrics:
         self.db_errors = Counter(P + "storage_errors", "Database operations that failed", registry=r)
         # uplink
         self.calls = Counter(P + "calls", "Calls sent to Prodsmart", ["endpoint", "status"], registry=r)
-        self.retries = Counter(P + "retries", "Calls that will be retried", ["endpoint", "reason"], registry=r)
+        self.retries = Counter(P + "retries", "Calls that will be retried", ["endpoint", "reason"],
+                               registry=r)
         self.rate_limited = Counter(P + "rate_limit_pauses", "429 answers that paused every lane",
                                     registry=r)
         self.auth_failures = Counter(P + "auth_failures", "401/403 answers", registry=r)

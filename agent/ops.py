@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agent.config import MachineSpec
 from agent.service import Agent
 from agent.systemd import Notifier
 
@@ -36,12 +37,9 @@ async def assess(agent: Agent) -> Health:
     problems: list[str] = []
     depth, oldest = 0, 0.0
     if agent.outbox is not None:
-        for s in await agent.outbox.stats(now):
+        for s in await agent.outbox.stats(now):  # also refreshes the queue gauges
             depth += s.depth
             oldest = max(oldest, s.oldest_pending_age or 0.0)
-            agent.metrics.queue_depth.labels(s.machine).set(s.depth)
-            agent.metrics.oldest_pending.labels(s.machine).set(s.oldest_pending_age or 0.0)
-        agent.metrics.dead_letters.set(len(await agent.outbox.dead_letters()))
     up = 0
     for name, state in agent.connections.items():
         if state.up:
@@ -55,6 +53,38 @@ async def assess(agent: Agent) -> Health:
     return Health(not problems, tuple(problems), depth, oldest, up, len(agent.connections))
 
 
+def live_status(agent: Agent) -> dict[str, object]:
+    """Connections and the last reading of every tag, by machine role (for `status`)."""
+    now = time.time()
+    last = agent.pipeline.last if agent.pipeline is not None else {}
+    connections = {name: {"up": c.up, "since": c.since, "reason": c.reason}
+                   for name, c in agent.connections.items()}
+    machines: dict[str, dict[str, object]] = {}
+    for code, m in agent.config.machines.items():
+        roles: dict[str, object] = {}
+        for role, key in machine_tags(m):
+            r = last.get((m.connection, key))
+            roles[role] = None if r is None else {
+                "value": r.value, "quality": r.quality.value, "age": round(now - r.received_time, 1)}
+        machines[code] = roles
+    return {"connections": connections, "machines": machines, "paused": agent.uplink.paused
+            if agent.uplink is not None else None}
+
+
+def machine_tags(m: MachineSpec) -> list[tuple[str, str]]:
+    """(role, tag key) of every tag a machine reads."""
+    out: list[tuple[str, str]] = []
+    if m.counter is not None:
+        out.append(("count", m.counter.tag))
+    out += [(f"waste:{code}", spec.tag) for code, spec in m.waste.items()]
+    if m.running is not None:
+        out.append(("running", m.running.tag))
+    if m.stop_reason.tag is not None:
+        out.append(("stop_reason", m.stop_reason.tag))
+    out += [(f"param:{code}", spec.tag) for code, spec in m.parameters.items()]
+    return out
+
+
 async def _handle(agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         request = await asyncio.wait_for(reader.readline(), 5.0)
@@ -64,6 +94,9 @@ async def _handle(agent: Agent, reader: asyncio.StreamReader, writer: asyncio.St
         path = parts[1] if len(parts) > 1 else "/"
         if path.startswith("/metrics"):
             status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(agent.metrics.registry)
+        elif path.startswith("/status"):
+            status, ctype = 200, "application/json"
+            body = json.dumps(live_status(agent)).encode()
         elif path.startswith("/healthz"):
             health = await assess(agent)
             status = 200 if health.healthy else 503

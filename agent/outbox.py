@@ -173,9 +173,13 @@ class Outbox:
         if waste_without_count not in ("send", "hold"):
             raise ValueError("waste_without_count must be 'send' or 'hold'")
         _check_path(path)
+        connection = aiosqlite.connect(path, isolation_level=None)
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
+            db = await connection
         except sqlite3.Error as exc:
+            # aiosqlite stops its worker thread without waiting; wait here, while the loop still
+            # runs, or the thread reports to a closed loop with a traceback at exit.
+            await asyncio.to_thread(connection._thread.join, 5)
             raise _open_error(path, exc, metrics) from None
         box = cls(db, path, max_bytes=int(max_size_mb * 1024 * 1024),
                   hold=waste_without_count == "hold", metrics=metrics)

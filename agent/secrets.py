@@ -52,7 +52,7 @@ def load_api_secrets() -> tuple[str, str]:
             if value is not None:
                 os.environ[var] = value
     try:
-        settings = _ApiSecrets()  # type: ignore[call-arg]
+        settings = _ApiSecrets()
     except ValidationError as exc:
         missing = sorted({f"PRODSMART_{str(e['loc'][0]).upper()}" for e in exc.errors()})
         raise MissingSecret(

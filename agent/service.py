@@ -55,6 +55,7 @@ class Pipeline:
         self._waiters: list[asyncio.Future[None]] = []
         self._warned: set[tuple[str, str, str]] = set()
         self.last_cycle = time.monotonic()  # the watchdog stops while this gets old
+        self.last: dict[tuple[str, str], Reading] = {}  # newest reading per tag, for `status`
 
     async def emit(self, readings: Sequence[Reading], *, durable: bool = False) -> None:
         done = asyncio.get_running_loop().create_future() if durable else None
@@ -84,9 +85,12 @@ class Pipeline:
 
     def _apply(self, batch: _Batch) -> None:
         now = time.time()
+        last = self.last
         for reading in batch.readings:
-            self.metrics.readings.labels(reading.connection).inc()
+            last[(reading.connection, reading.tag)] = reading
             self._events.extend(self.logic.apply(reading, now))
+        if batch.readings:
+            self.metrics.readings.labels(batch.readings[0].connection).inc(len(batch.readings))
         if batch.done is not None:
             self._waiters.append(batch.done)
 
@@ -243,7 +247,7 @@ class Agent:
         """Give the uplink a moment to send what is queued; what is left stays safely queued."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        while loop.time() < deadline and await self.pending_calls():
+        while loop.time() < deadline and await self.pending_calls():  # noqa: ASYNC110 - polls the db
             await asyncio.sleep(0.1)
 
     async def _reload(self, pipeline: Pipeline, ctx: SourceContext, sources: asyncio.Task[None],

@@ -45,18 +45,18 @@ def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], loader: _Loader) 
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)):
                 raise YamlError("a key must be a plain value", key_node.start_mark.line + 1)
             if key in out:
                 raise YamlError(f"duplicate key {key!r}", key_node.start_mark.line + 1)
-            child = (*path, key)
+            child = (*path, key if isinstance(key, (str, int)) else str(key))
             lines[child] = key_node.start_mark.line + 1
             out[key] = _walk(value_node, child, lines, loader)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_walk(item, (*path, i), lines, loader) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    return loader.construct_object(node, deep=True)
 
 
 def load_yaml(text: str) -> Located:

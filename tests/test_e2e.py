@@ -18,7 +18,7 @@ import pytest
 from agent.config import load_config
 from agent.sandbox import Fault
 from agent.sources.simulated import SimulatedPlc
-from agent.sources.simulated_config import SimulatedConnection, SimulatedTag
+from agent.sources.simulated_config import SimulatedConnection
 from tests.conftest import free_port
 from tests.harness import AgentProcess, agent_env, start_sandbox, wait_until, write_config
 
@@ -120,8 +120,9 @@ def test_kills_and_faults_lose_nothing_and_count_nothing_twice(tmp_path: Path) -
     text = CONFIG.format(
         url=sandbox.url, db=tmp_path / "agent.db", metrics_port=metrics_port, reset=RESET_EVERY,
         start=start, stop=stop,
-        machines="".join(MACHINE.format(code=c, conn=n, unit=u, width=", modulus: 256" if n == "sim-b" else "")
-                         for c, n, u in MACHINES))
+        machines="".join(
+            MACHINE.format(code=c, conn=n, unit=u, width=", modulus: 256" if n == "sim-b" else "")
+            for c, n, u in MACHINES))
     config = write_config(tmp_path / "agent.yaml", text)
     agent = AgentProcess(config, agent_env(sandbox))
     try:
@@ -185,7 +186,8 @@ def test_kills_and_faults_lose_nothing_and_count_nothing_twice(tmp_path: Path) -
             (debug / "agent.yaml").write_text(text)
             (debug / "agent.log").write_text(agent.output())
             (debug / "kills.json").write_text(json.dumps(kills))
-            raise AssertionError(f"(details in {debug}) "f"expected {expected}, sandbox has {sandbox.ledger().counters}\n"
+            raise AssertionError(f"(details in {debug}) expected {expected}, "
+                                 f"sandbox has {sandbox.ledger().counters}\n"
                                  f"agent output:\n{agent.output()[-4000:]}") from None
         time.sleep(1.0)  # nothing more may arrive after the totals are reached
         ledger = sandbox.ledger()

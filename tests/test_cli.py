@@ -1,0 +1,104 @@
+"""The technician's commands against a real database and a running agent: status, dead letters, rebase."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.sandbox import SandboxOptions
+from tests.conftest import free_port
+from tests.harness import ROOT, AgentProcess, agent_env, start_sandbox, wait_until, write_config
+
+CONFIG = """
+prodsmart: {{url: {url}, timeout: 2s, retry_min: 100ms, retry_max: 1s}}
+storage: {{path: {db}, commit_interval: 100ms}}
+metrics: {{listen: "127.0.0.1:{metrics}"}}
+connections:
+  sim:
+    simulated: {{seed: 5, poll: 100ms, rate: 20, cycle: 3s, stopped: 1s}}
+machines:
+  M1:
+    connection: sim
+    counter: {{signal: count, unit: a}}
+    running: {{signal: running, unit: a}}
+    stop_reason: {{default: Coffee break}}
+"""
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+
+
+def test_status_dead_letters_and_rebase(tmp_path: Path) -> None:
+    sandbox = start_sandbox(SandboxOptions(machines={"M1": ["Stopped"]}))
+    config = write_config(tmp_path / "agent.yaml", CONFIG.format(
+        url=sandbox.url, db=tmp_path / "agent.db", metrics=free_port()))
+    with AgentProcess(config, agent_env(sandbox)) as agent:
+        wait_until(lambda: (sandbox.ledger().counters.get("M1") or {}).get("count"), 20, message="counts")
+        # "Coffee break" is not a downtime type of M1 in Prodsmart: refused, kept as a dead letter.
+        wait_until(lambda: "HTTP 400" in _cli("dead-letters", str(config), "list").stdout, 20,
+                   message="a dead letter")
+        listing = _cli("dead-letters", str(config), "list").stdout
+        assert "startstop" in listing and "Coffee break" in listing and "not assigned" in listing
+
+        status = _cli("status", str(config))
+        assert status.returncode == 0, status.stderr
+        assert "agent: running" in status.stdout
+        assert "connection sim" in status.stdout and "up" in status.stdout
+        assert "count" in status.stdout and "dead letters:" in status.stdout
+        line = next(x for x in status.stdout.splitlines() if x.startswith("M1 "))
+        assert int(line.split()[-2]) >= 1  # dead letters column
+
+        # Prodsmart gets the type; the technician retries: the calls are delivered.
+        sandbox.set_options(machines={"M1": ["Stopped", "Coffee break"]})
+        retried = _cli("dead-letters", str(config), "retry")
+        assert retried.returncode == 0, retried.stderr
+        wait_until(lambda: any(r["type"] == "Coffee break" for r in sandbox.ledger().runs.get("M1", [])),
+                   20, message="the retried stop in Prodsmart")
+
+        # Rebase: Prodsmart already has 100000 on M1; the next count continues above it.
+        rebased = _cli("rebase", str(config), "M1", "100000")
+        assert rebased.returncode == 0, rebased.stderr
+        wait_until(lambda: sandbox.ledger().counters["M1"]["count"] > 100000, 20, message="rebased count")
+        assert agent.running
+    stopped = _cli("status", str(config))
+    assert "no answer" in stopped.stdout
+    assert _cli("rebase", str(config), "NOPE", "1").returncode == 1
+    sandbox.stop()
+
+
+def test_run_with_missing_secret_or_bad_database_is_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "agent.yaml", CONFIG.format(
+        url="http://127.0.0.1:9", db=tmp_path / "agent.db", metrics=free_port()))
+    env = agent_env()
+    env.pop("PRODSMART_API_KEY")
+    env.pop("PRODSMART_API_SECRET")
+    missing = subprocess.run([sys.executable, "-m", "agent", "run", str(config)], capture_output=True,
+                             text=True, cwd=ROOT, env=env, timeout=60)
+    assert missing.returncode == 1
+    assert "PRODSMART_API_KEY and PRODSMART_API_SECRET not set" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    for name, prepare in [
+        ("corrupt", lambda p: p.write_bytes(b"this is not a database" * 100)),
+        ("missing-folder", lambda p: None),
+        ("read-only", lambda p: None),
+    ]:
+        # /proc takes no new files, even from root (CI runs as root: chmod would not stop it).
+        db = {"corrupt": tmp_path / "corrupt.db", "missing-folder": tmp_path / "nope" / "agent.db",
+              "read-only": Path("/proc/agent.db")}[name]
+        prepare(db)
+        bad = write_config(tmp_path / f"{name}.yaml", CONFIG.format(
+            url="http://127.0.0.1:9", db=db, metrics=free_port()))
+        proc = AgentProcess(bad, agent_env())
+        proc.start()
+        code = proc.wait(30)
+        out = proc.output()
+        proc.close()
+        assert code == 1, (name, out)
+        assert "Traceback" not in out, (name, out)
+        assert "Cannot" in out or "cannot" in out, (name, out)
+        assert len([x for x in out.splitlines() if x.strip()]) <= 2, (name, out)
+        print(name, out)
