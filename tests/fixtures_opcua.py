@@ -130,6 +130,9 @@ class OpcUaServer:
     def sessions(self) -> int:
         return int(self.command({"op": "sessions"}).split()[1])
 
+    def ticks(self) -> int:
+        return int(self.command({"op": "ticks"}).split()[1])
+
     def node(self, key: str) -> str:
         """The NodeId string of a test variable, with the namespace index of this run."""
         return f"ns={self.ns};s={key}"

@@ -22,6 +22,7 @@ line, and answers each with `ok` (or `error ...`):
     {"op": "restore", "node": "M1.Temperature"}                  ... and comes back with its last value
     {"op": "silence"}                                             drop every subscription, say nothing
     {"op": "sessions"}                                            prints `ok <sessions created so far>`
+    {"op": "ticks"}                                               prints `ok <bench rounds written so far>`
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class TestPlc:
         self.last: dict[str, ua.Variant] = {}  # last good value of each variable
         self.deleted: set[str] = set()
         self.sessions = 0
+        self.ticks = 0  # bench rounds written
 
     async def add_machine(self, name: str, enum_type: ua.NodeId, values: dict[str, Any]) -> None:
         objects = self.server.nodes.objects
@@ -125,6 +127,8 @@ class TestPlc:
             await service.delete_subscriptions(list(service.subscriptions))
         elif op == "sessions":
             return f"ok {self.sessions}"
+        elif op == "ticks":
+            return f"ok {self.ticks}"
         else:
             return f"error unknown op {op!r}"
         return "ok"
@@ -147,12 +151,12 @@ async def _bench(plc: TestPlc, count: int, rate: float) -> None:
     period = 1.0 / rate
     next_at = time.monotonic()
     while True:
-        now = time.time()
         stamp = _now()
         for nodeid in nodes:
-            value = ua.Variant(now, ua.VariantType.Double)
+            value = ua.Variant(time.time(), ua.VariantType.Double)
             dv = ua.DataValue(value, SourceTimestamp=stamp, ServerTimestamp=stamp)
             await plc.server.write_attribute_value(nodeid, dv)
+        plc.ticks += 1
         next_at += period
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
