@@ -1,1 +1,1 @@
-"""MQTT source (aiomqtt over paho-mqtt)."""
+"""MQTT source (paho-mqtt driven by the asyncio loop; see link.py for why not aiomqtt)."""
