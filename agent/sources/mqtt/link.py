@@ -335,6 +335,7 @@ class MqttLink:
         if self._paused and len(self._inbox) < MAX_INBOX // 2 and self._fd is not None:
             self._paused = False
             self._loop.add_reader(self._fd, self._on_readable)
+            self._loop.call_soon(self._on_readable)  # TLS may hold decrypted bytes the fd does not show
         return batch
 
     def forget(self, topic: str) -> None:
