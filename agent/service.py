@@ -169,8 +169,8 @@ class Agent:
     def _down(self, name: str, reason: str) -> None:
         state = self.connections.setdefault(name, ConnectionState())
         if state.up or state.reason != reason:
+            # Sources count their failed attempts in connection_errors; this logs transitions.
             log.warning("Connection %s is down: %s", name, reason)
-            self.metrics.connection_errors.labels(name).inc()
         if state.up or not state.reason:
             state.since = time.time()
         state.up, state.reason = False, reason

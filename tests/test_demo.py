@@ -12,7 +12,7 @@ from tests.harness import ROOT
 
 def test_demo_runs_and_counts(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "demo", "--seconds", "10", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "agent", "demo", "--seconds", "15", "--workdir", str(tmp_path)],
         capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Traceback" not in result.stdout + result.stderr
