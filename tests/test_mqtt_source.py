@@ -275,6 +275,9 @@ async def test_unreachable_broker_is_reported_then_recovered(tmp_path: Path) -> 
         finally:
             broker.stop()
         await until(lambda: not rec.up, what="connection down again")
+    errors = rec.metrics.registry.get_sample_value("prodsmart_edge_connection_errors_total",
+                                                   {"connection": "broker"})
+    assert errors is not None and errors >= 2  # each failed attempt, and the loss
 
 
 async def test_credentials_come_from_the_secrets(tmp_path: Path) -> None:

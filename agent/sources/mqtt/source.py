@@ -195,6 +195,8 @@ class MqttSource:
                 await self._consume(link)
             except LinkError as exc:
                 log.debug("%s: %s", self.name, exc)
+                if self.ctx.metrics is not None:
+                    self.ctx.metrics.connection_errors.labels(self.name).inc()
                 self.ctx.connection_down(self.name, f"{exc.sentence} ({exc.detail})" if exc.detail
                                          else exc.sentence)
             finally:
