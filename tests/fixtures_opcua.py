@@ -127,6 +127,9 @@ class OpcUaServer:
     def silence(self) -> None:
         self.command({"op": "silence"})
 
+    def expire(self) -> None:
+        self.command({"op": "expire"})
+
     def sessions(self) -> int:
         return int(self.command({"op": "sessions"}).split()[1])
 
@@ -258,7 +261,8 @@ async def wait_for(predicate: Callable[[], object], within: float = 10.0, what: 
 
 @contextlib.asynccontextmanager
 async def running(source: Any) -> Any:
-    """Run `source.run()` in a task for the block, and cancel it (awaited) afterwards."""
+    """Run `source.run()` in a task for the block, and cancel it (awaited) afterwards; the source
+    must leave no task of its own (or of asyncua's) behind."""
     task = asyncio.create_task(source.run())
     try:
         yield task
@@ -266,3 +270,6 @@ async def running(source: Any) -> Any:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert not left, f"tasks left behind: {left}"

@@ -21,6 +21,7 @@ line, and answers each with `ok` (or `error ...`):
     {"op": "delete", "node": "M1.Temperature"}                   the node disappears (new PLC program)
     {"op": "restore", "node": "M1.Temperature"}                  ... and comes back with its last value
     {"op": "silence"}                                             drop every subscription, say nothing
+    {"op": "expire"}                                              close every session (as on a timeout)
     {"op": "sessions"}                                            prints `ok <sessions created so far>`
     {"op": "ticks"}                                               prints `ok <bench rounds written so far>`
 """
@@ -125,6 +126,11 @@ class TestPlc:
         elif op == "silence":
             service = self.server.iserver.subscription_service
             await service.delete_subscriptions(list(service.subscriptions))
+        elif op == "expire":
+            # What the server does when a session times out: close it, with its subscriptions.
+            iserver = self.server.iserver
+            for session in list(iserver._external_sessions.values()):
+                await session.close_session(True)
         elif op == "sessions":
             return f"ok {self.sessions}"
         elif op == "ticks":

@@ -89,7 +89,8 @@ def test_tag_errors_read_well() -> None:
             "      a: {node: 'ns=2;s=A', path: 'Objects/2:A'}\n"
             "      b: {deadband: 1}\n"
             "      c: {nodeid: 'ns=2;s=A'}\n"
-            "      d: {node: 'ns=2;i=abc'}\n")
+            "      d: {node: 'ns=2;i=abc'}\n"
+            "      e: {node: 'ns=2;s=E', type: uint23}\n")
     assert _problems(_config(f"{{url: {URL}}}", tags)) == [
         "agent.yaml:7: machines.OVEN.counter.node: is not a NodeId: write it like ns=2;s=Oven02.State, "
         "ns=3;i=1001 or nsu=urn:oven:plc;s=Oven02.State (got 'ns=2;x=1')",
@@ -102,6 +103,8 @@ def test_tag_errors_read_well() -> None:
         "opcua tag",
         "agent.yaml:13: machines.OVEN.parameters.d.node: has a numeric identifier (i=) that is not a number "
         "from 0 to 4294967295 (got 'ns=2;i=abc')",
+        "agent.yaml:14: machines.OVEN.parameters.e.type: must be one of bool, int8, uint8, int16, uint16, "
+        "int32, uint32, int64, uint64, float, double, float32, float64, string, datetime (got 'uint23')",
     ]
 
 

@@ -196,3 +196,18 @@ async def test_a_hung_server_is_noticed_by_the_keepalive_and_reconnected(opcua_s
         await wait_for(lambda: rec.good(counter.key)[-1] == 8, within=8, what="the value after the hang")
     assert rec.downs()[0] == f"The OPC UA server at {server.url} did not answer within 0.5s"
     assert rec.states[-1] == ("up", "oven")
+
+
+async def test_a_session_the_server_closed_is_made_again(opcua_server: Start) -> None:
+    server = opcua_server()
+    counter = binding(node=server.node("M1.Counter"))
+    rec = Recorder()
+    source = OpcUaSource("oven", connection(server), [counter], rec.ctx())
+    async with running(source):
+        await wait_for(lambda: rec.good(counter.key) == [0], what="the first value")
+        server.expire()
+        server.set("M1.Counter", 6)
+        await wait_for(lambda: rec.downs(), within=5, what="the closed session noticed")
+        await wait_for(lambda: rec.good(counter.key)[-1] == 6, within=5, what="the value in a new session")
+    assert rec.downs() == [f"The OPC UA server at {server.url} closed the session (BadSessionNotActivated)"]
+    assert server.sessions() == 2

@@ -12,6 +12,8 @@ from agent.sources.opcua.nodes import parse_browse_path, parse_node_id
 
 POLICIES = ("Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
 MODES = ("Sign", "SignAndEncrypt")
+TYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float", "double",
+         "float32", "float64", "string", "datetime")
 _URL = re.compile(r"^opc\.tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+)(:\d{1,5})?(/\S*)?$")
 
 
@@ -110,6 +112,13 @@ class OpcUaTag(Strict):
     def _path(cls, value: str | None) -> str | None:
         if value is not None:
             parse_browse_path(value)
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str | None) -> str | None:
+        if value is not None and value not in TYPES:
+            raise ValueError(f"must be one of {', '.join(TYPES)}")
         return value
 
     @model_validator(mode="after")
