@@ -465,6 +465,9 @@ class _TagBinder:
             return None, None
         role_part = {k: v for k, v in raw.items() if k in role_keys}
         addr_part = {k: v for k, v in raw.items() if k not in role_keys}
+        topic = addr_part.get("topic")
+        if isinstance(topic, str) and "{machine}" in topic:  # one MQTT topic template for every machine
+            addr_part["topic"] = topic.replace("{machine}", str(self.base[1]))
         spec_model = PROTOCOLS[self.proto].tag_model
         spec = self._validate_spec(spec_model, addr_part, full, role_keys)
         role = out.validate(role_model, role_part, full) if role_model is not None else None
@@ -480,7 +483,7 @@ class _TagBinder:
             for err in exc.errors():
                 loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
                 if err["type"] == "extra_forbidden" and loc:
-                    known = [*model.model_fields, *sorted(role_keys)]
+                    known = [f.alias or n for n, f in model.model_fields.items()] + sorted(role_keys)
                     out.add((*full, *loc), unknown_key_message(str(loc[-1]), known)
                             + f" for a {self.proto} tag")
                 else:
@@ -501,6 +504,8 @@ class _TagBinder:
             return None
         modulus = role.modulus or counter_modulus(getattr(spec, "type", None))
         key = self._register(spec, "counter" if path[0] == "counter" else "waste")
+        if role.mode == "delta":
+            self._register(spec, "delta")  # sources treat increments specially (MQTT: retained replays)
         return CounterSpec(key, role.mode, modulus, role.max_rate, role.confirm_reset)
 
     def running(self, raw: Any) -> RunningSpec | None:

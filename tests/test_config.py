@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config, parse_config
 from agent.confbase import parse_duration
+from agent.config import ConfigError, load_config, parse_config
 
 CASES = Path(__file__).parent / "testcases"
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,3 +99,29 @@ def test_check_command_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     assert "OK: 1 machines" in good.stdout
     missing = _cli("check", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 1 and "cannot read the file" in missing.stderr
+
+
+def test_topic_template_names_the_machine_and_delta_role() -> None:
+    cfg = parse_config("""
+connections:
+  broker: {mqtt: {host: 127.0.0.1}}
+machines:
+  LABEL-04: {connection: broker, counter: {topic: "plant/{machine}/produced", json: qty, mode: delta,
+             id: id}}
+  LABEL-05: {connection: broker, counter: {topic: "plant/{machine}/produced", json: qty, mode: delta, id: id}}
+""")
+    bindings = list(cfg.connections["broker"].tags.values())
+    topics = sorted(b.spec.topic for b in bindings)
+    assert topics == ["plant/LABEL-04/produced", "plant/LABEL-05/produced"]
+    assert all("delta" in b.roles for b in bindings)
+
+
+def test_unknown_tag_key_suggests_the_alias() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("""
+connections:
+  broker: {mqtt: {host: 127.0.0.1}}
+machines:
+  P: {connection: broker, counter: {topic: a/b, jsn: count}}
+""")
+    assert "did you mean 'json'?" in str(info.value)

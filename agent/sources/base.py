@@ -26,7 +26,7 @@ class TagBinding:
 
     key: str
     spec: BaseModel
-    # Roles this tag plays (counter, waste, running, stop_reason, parameter), e.g. so a
+    # Roles this tag plays (counter, waste, delta, running, stop_reason, parameter), e.g. so a
     # source can treat delta counters specially; informative only.
     roles: tuple[str, ...] = ()
 
