@@ -43,7 +43,7 @@ class AgentProcess:
         self.env = env if env is not None else agent_env()
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="agent-", suffix=".log", delete=False)  # noqa: SIM115
+        self._log = tempfile.NamedTemporaryFile(prefix="agent-", suffix=".log", delete=False)
         self.starts = 0
 
     def start(self) -> AgentProcess:
