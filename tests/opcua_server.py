@@ -7,8 +7,8 @@ Namespace `urn:prodsmart-edge:test` holds, for machines M1..Mn, the object `Obje
 variables `Counter` (UInt32), `Running` (Boolean), `StopReason` (the enum `StopReasonType`) and
 `Temperature` (Double), NodeIds `ns=<ns>;s=M<i>.Counter` ...; all are writable by clients.
 `--shift N` registers N dummy namespaces first, so the test namespace gets another index (a PLC
-whose program changed). `--secure DIR` serves only Basic256Sha256 SignAndEncrypt with DIR/server.der
-and DIR/server.pem, trusts only the client certificates in DIR/trusted/, and accepts the user
+whose program changed). `--secure DIR` serves only Basic256Sha256 (SignAndEncrypt and Sign) with
+DIR/server.der and DIR/server.pem, trusts only the client certificates in DIR/trusted/, and accepts the user
 `operator` with the password in DIR/password. `--bench N --rate HZ` adds N Double variables
 `ns=<ns>;s=B.<i>` that the server itself writes HZ times a second with the wall-clock time of the
 write as their value.
@@ -143,7 +143,8 @@ class TestPlc:
 async def _secure(server: Server, folder: Path) -> None:
     await server.load_certificate(str(folder / "server.der"))
     await server.load_private_key(str(folder / "server.pem"))
-    server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+    server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                                ua.SecurityPolicyType.Basic256Sha256_Sign])
     server.set_identity_tokens([ua.UserNameIdentityToken])
     store = TrustStore([folder / "trusted"], [])
     await store.load()

@@ -39,15 +39,16 @@ def _secured(server: OpcUaServer, pki: Pki, **settings: object) -> dict[str, obj
             "private_key": str(pki.client_key), "auth": "username", **settings}
 
 
-async def test_sign_and_encrypt_with_a_user_and_a_trusted_folder(opcua_server: Start, pki: Pki,
-                                                                  tmp_path: Path) -> None:
+@pytest.mark.parametrize("security", ["Basic256Sha256/SignAndEncrypt", "Basic256Sha256/Sign"])
+async def test_a_secure_channel_with_a_user_and_a_trusted_folder(opcua_server: Start, pki: Pki,
+                                                                 tmp_path: Path, security: str) -> None:
     server = opcua_server(secure=pki.server_folder)
     trusted = tmp_path / "trusted"
     trusted.mkdir()
     shutil.copy(pki.server_cert, trusted / "plc.der")
     counter = binding(node=server.node("M1.Counter"), type="uint32")
     rec = Recorder(secrets={"username": "operator", "password": pki.password})
-    cfg = connection(server, **_secured(server, pki, trust=str(trusted)))
+    cfg = connection(server, **_secured(server, pki, trust=str(trusted), security=security))
     source = OpcUaSource("oven", cfg, [counter], rec.ctx())
     async with running(source):
         await wait_for(lambda: rec.good(counter.key) == [0], what="a value over the secure channel")
