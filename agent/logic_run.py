@@ -149,7 +149,10 @@ class RunState:
                 self.sink.wake_at(now + self.idle_after)
 
     def growth(self, now: float, out: list[Event]) -> None:
-        """The count grew: the idle clock restarts and an idle machine runs again."""
+        """The count grew: the idle clock restarts and an idle machine runs again. A start that
+        is due goes out before the count: the parts were made after it."""
+        if self.cand is True and self.due <= now:
+            self.advance(now, out)
         self.last_growth = now
         if self.idle:
             self.idle = False

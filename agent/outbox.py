@@ -585,6 +585,30 @@ class Outbox:
         async with self._tx() as db:
             await db.execute("UPDATE calls SET inflight = 0, unknown = max(unknown, ?) WHERE id = ?",
                              (int(unknown), call.id))
+            if not unknown and call.kind == "counter":
+                await self._thaw(db, call)
+
+    async def _thaw(self, db: aiosqlite.Connection, call: Call) -> None:
+        """A counter call known not to have reached Prodsmart (connection refused...) thaws: it
+        merges with the counter call queued behind it while it was in flight, and takes new
+        counts again, so a network outage costs one call per segment; its body is rebuilt."""
+        rows = list(await db.execute_fetchall(
+            "SELECT id, kind, count, waste, attempts, unknown FROM calls WHERE machine = ? AND id > ? "
+            "ORDER BY id LIMIT 1", (call.machine, call.id)))
+        mine = list(await db.execute_fetchall("SELECT count, waste, unknown FROM calls WHERE id = ?",
+                                              (call.id,)))
+        if not mine or mine[0][2]:
+            return  # an earlier attempt's outcome is unknown: its body stays frozen
+        await db.execute("UPDATE calls SET attempts = 0, body = NULL, param_seq = 0 WHERE id = ?",
+                         (call.id,))
+        if rows and rows[0][1] == "counter" and not rows[0][4] and not rows[0][5]:
+            nid, _, ncount, nwaste = rows[0][:4]
+            waste = {**(json.loads(mine[0][1]) if mine[0][1] else {}),
+                     **(json.loads(nwaste) if nwaste else {})}
+            count = ncount if ncount is not None else mine[0][0]
+            await db.execute("UPDATE calls SET count = ?, waste = ? WHERE id = ?",
+                             (count, _j(waste) if waste else None, call.id))
+            await db.execute("DELETE FROM calls WHERE id = ?", (nid,))
 
     async def dead_letter(self, call: Call, status: int, response: str, now: float) -> int:
         """Prodsmart refused the call: move it to the dead letters; returns the dead letter's id."""

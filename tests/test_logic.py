@@ -583,3 +583,15 @@ def test_property_run_states_alternate_and_end_in_the_held_state(steps: list[tup
     assert all(a != b for a, b in zip([True, *sent], sent, strict=False))  # starts as running
     if steps:
         assert ([True, *sent][-1]) == steps[-1][1]
+
+
+def test_a_start_read_with_a_count_goes_out_before_that_count() -> None:
+    logic = logic_of(machine(counter=CounterSpec("count"), running=RunningSpec("run"), stop_reason=TYPES))
+    events = feed(logic, [(0.0, "run", True), (0.0, "count", 5), (1.0, "run", False), (1.0, "count", 5),
+                          (2.0, "count", 5)])
+    # The poll that sees the machine run again also sees its first part.
+    events += feed(logic, [(3.0, "run", True), (3.0, "count", 6)], tick=False)
+    kinds_ = [type(e).__name__ for e in events]
+    assert kinds_ == ["RunStateChanged", "RunStateChanged", "CounterChanged"]
+    assert runs(events) == [(False, "Stopped"), (True, "Stopped")]
+    assert counts(events) == [1]

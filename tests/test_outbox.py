@@ -425,3 +425,27 @@ async def test_stats_cover_queues_history_and_dead_letters(box: Outbox) -> None:
     assert (stats["B"].depth, stats["B"].acked_running, stats["B"].oldest_pending_age) == (0, False, None)
     assert stats["C"].depth == 0 and stats["D"].pending_parameters == 1
     assert await box.machine_codes() == ["A", "B", "C", "D"]
+
+
+async def test_a_call_that_never_left_thaws_and_merges_with_the_one_behind(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("M1", 10, {"Scrap": 1})], 1.0)
+    call = await send_head(box, "M1")
+    # While it is in flight, more parts: a new call behind it (the one in flight is frozen).
+    await box.commit({}, [CounterChanged("M1", 20, {})], 2.0)
+    assert len(await box.queued("M1")) == 2
+    await box.attempt_failed(call, unknown=False)  # connection refused: it never reached Prodsmart
+    await box.commit({}, [CounterChanged("M1", 30, {})], 3.0)
+    queued = await box.queued("M1")
+    assert len(queued) == 1
+    sent = await send_head(box, "M1")
+    assert dict(sent.body) == {"count": 30, "waste": [{"code": "Scrap", "quantity": 1}]}
+
+
+async def test_a_call_with_an_unknown_outcome_stays_frozen(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("M1", 10, {})], 1.0)
+    call = await send_head(box, "M1")
+    await box.attempt_failed(call, unknown=True)  # a timeout: it may have been applied
+    await box.commit({}, [CounterChanged("M1", 20, {})], 2.0)
+    assert len(await box.queued("M1")) == 2
+    again = await send_head(box, "M1")
+    assert dict(again.body) == {"count": 10} and again.unknown
