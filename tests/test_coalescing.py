@@ -79,7 +79,7 @@ machines:
         with Sandbox(SandboxOptions(requests_per_minute=RPM), port=port) as sandbox:
             uplink.wake()
             deadline = time.monotonic() + 60
-            while sum(s.depth for s in await outbox.stats(time.time())) and time.monotonic() < deadline:  # noqa: ASYNC110, E501
+            while sum(s.depth for s in await outbox.stats(time.time())) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
             ledger = sandbox.ledger()
     finally:
