@@ -79,6 +79,7 @@ class Link:
         self.server_certificate: bytes | None = None
         self.stale_after = cfg.stale_after
         self.last_data = time.monotonic()
+        self.clock = True  # the server reports its clock: silence means a dead subscription
         self._queue: asyncio.Queue[ua.PublishResult | None] = asyncio.Queue(maxsize=256)
         self._lost: LinkError | None = None
         self._sub_id: int | None = None
@@ -221,7 +222,9 @@ class Link:
         self.last_data = time.monotonic()
         (clock,) = await self._create_items([self._item(CLOCK, CLOCK_HANDLE, 1.0)])
         if not clock.StatusCode.is_good():
+            # Rare, but then any publish response, keep-alives included, is the sign of life.
             log.debug("%s refused to monitor its clock (%s)", self.cfg.url, clock.StatusCode.name)
+            self.clock = False
 
     def _item(self, nodeid: ua.NodeId, handle: int, sampling: float) -> ua.MonitoredItemCreateRequest:
         params = ua.MonitoringParameters(ClientHandle=handle, SamplingInterval=sampling * 1000,
@@ -260,7 +263,7 @@ class Link:
         data = False
         for result in results:
             if result is not None:
-                data = self._unpack(result, out) or data
+                data = self._unpack(result, out) or data or not self.clock
         if self._lost is not None:
             raise self._lost
         now = time.monotonic()

@@ -58,7 +58,6 @@ class OpcUaSource:
         self.trust = Trust(config.trust, name, config.url)
         self.backoff = Backoff(1.0, config.retry_max)
         self.quarantine: dict[str, _Quarantined] = {}
-        self.sessions = 0  # connection attempts that reached the server (for tests and metrics)
         self._up: bool | None = None
         self._reason = ""
         self._nodes: dict[str, ua.NodeId] = {}  # resolved nodes of the current session
@@ -90,7 +89,6 @@ class OpcUaSource:
         link = Link(self.config, self.credentials(), self.trust)
         try:
             await link.open()
-            self.sessions += 1
             await self._start(link)
             self._report_up()
             if self.config.mode == "subscribe":
@@ -105,9 +103,9 @@ class OpcUaSource:
     async def _start(self, link: Link) -> None:
         """Resolve and read every node (the values missed while away), then watch them."""
         self._nodes = {}
-        await self._add(link, list(self.points.values()), first=True)
+        await self._add(link, list(self.points.values()))
 
-    async def _add(self, link: Link, points: Sequence[Point], first: bool = False) -> None:
+    async def _add(self, link: Link, points: Sequence[Point]) -> None:
         """Resolve, read and (when subscribing) watch `points`; quarantine those that fail."""
         nodes, failed = await link.resolve(points)
         values = await link.read(nodes)
