@@ -102,3 +102,45 @@ def test_run_with_missing_secret_or_bad_database_is_one_line(tmp_path: Path) -> 
         assert "Cannot" in out or "cannot" in out, (name, out)
         assert len([x for x in out.splitlines() if x.strip()]) <= 2, (name, out)
         print(name, out)
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for command in ("run", "check", "status", "probe", "rebase", "dead-letters", "demo"):
+        result = _cli(command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "example:" in result.stdout and "prodsmart-edge " + command in result.stdout, command
+
+
+def test_dry_run_prints_calls_and_sends_nothing(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "agent.yaml", CONFIG.format(
+        url="http://127.0.0.1:9", db=tmp_path / "agent.db", metrics=free_port()))
+    env = agent_env()
+    env.pop("PRODSMART_API_KEY")  # a dry run needs no credentials
+    with AgentProcess(config, env, args=["--dry-run"]) as agent:
+        wait_until(lambda: "POST /api/machines/M1/counter" in agent.output(), 20, message="a printed call")
+        assert "dry run" in agent.output()
+        assert "Cannot deliver" not in agent.output()
+
+
+def test_json_logs_redact_secrets(tmp_path: Path) -> None:
+    import io
+    import json
+    import logging
+
+    from agent.logsetup import setup_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    setup_logging("json", "INFO", ["s3cr3t-key"], stream=stream)
+    logging.getLogger("agent.test").warning("calling https://x/api?access_token=abc123&y=1 with %s",
+                                            "s3cr3t-key")
+    entry = json.loads(stream.getvalue().splitlines()[-1])
+    assert entry["level"] == "warning" and entry["logger"] == "agent.test"
+    assert "abc123" not in entry["message"] and "s3cr3t-key" not in entry["message"]
+    assert "access_token=***" in entry["message"]
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in saved[0]:
+        root.addHandler(handler)
+    root.setLevel(saved[1])
