@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -17,7 +19,7 @@ from agent.config import load_config
 from agent.sources.simulated import SimulatedPlc
 from agent.sources.simulated_config import SimulatedConnection
 from tests.conftest import free_port
-from tests.harness import AgentProcess, agent_env, start_sandbox, wait_until, write_config
+from tests.harness import ROOT, AgentProcess, agent_env, start_sandbox, wait_until, write_config
 
 BASE = """
 prodsmart: {{url: {url}, timeout: 2s, retry_min: 100ms, retry_max: 1s}}
@@ -67,6 +69,13 @@ class NotifySocket:
         self._done.set()
         self._thread.join(2)
         self.sock.close()
+
+
+def _queued(config: Path, machine: str) -> int:
+    out = subprocess.run([sys.executable, "-m", "agent", "status", str(config)], capture_output=True,
+                         text=True, timeout=30, cwd=ROOT).stdout
+    line = next((x for x in out.splitlines() if x.startswith(machine + " ")), None)
+    return int(line.split()[1]) if line and line.split()[1].isdigit() else 0
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -162,4 +171,16 @@ def test_reload_valid_and_invalid_tag_maps(setup) -> None:  # type: ignore[no-un
     # M1 went on from its total: never a count lower than or equal to one already sent.
     rejected = [r for r in sandbox.ledger().rejected if r["status"] == 400]
     assert rejected == []
+
+    # A machine removed while calls of it wait keeps them until they are delivered.
+    from agent.sandbox import Fault
+    sandbox.inject(Fault(kind="outage", seconds=60.0))
+    wait_until(lambda: _queued(config, "M1") > 0, 10, message="M1 calls queued during the outage")
+    write_config(config, text.replace("  M1:\n", "  M0:\n") + EXTRA)  # M1 renamed away: removed
+    agent.signal(signal.SIGHUP)
+    wait_until(lambda: agent.output().count("Configuration reloaded") == 2, 10, message="second reload")
+    before = sandbox.ledger().counters["M1"]["count"]
+    sandbox.clear_faults()
+    wait_until(lambda: _queued(config, "M1") == 0, 20, message="M1's queue to drain")
+    assert sandbox.ledger().counters["M1"]["count"] > before
     assert agent.running
