@@ -23,7 +23,9 @@ EXAMPLES = {
     "run": "prodsmart-edge run /etc/prodsmart-edge/agent.yaml --env-file /etc/prodsmart-edge/secrets.env",
     "check": "prodsmart-edge check config/agent.example.yaml",
     "status": "prodsmart-edge status /etc/prodsmart-edge/agent.yaml",
-    "probe": "prodsmart-edge probe modbus --host 192.168.10.20 --holding 100 --count 4",
+    "probe": "prodsmart-edge probe modbus --host 192.168.10.20 --holding 100 --count 4\n"
+             "  prodsmart-edge probe opcua --url opc.tcp://192.168.10.30:4840 --browse\n"
+             "  prodsmart-edge probe mqtt --config /etc/prodsmart-edge/agent.yaml --machine PACK-03",
     "rebase": "prodsmart-edge rebase /etc/prodsmart-edge/agent.yaml PRESS-01 15230",
     "dead-letters": "prodsmart-edge dead-letters /etc/prodsmart-edge/agent.yaml list",
     "demo": "prodsmart-edge demo --seconds 30",
