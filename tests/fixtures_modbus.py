@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.model import Quality, Reading
-from agent.sources.base import SourceContext, TagBinding
+from agent.sources.base import TagBinding
 from agent.sources.modbus.config import ModbusConnection, ModbusTag
 from agent.sources.modbus.decode import Order, encode
 from tests.conftest import free_port
+from tests.sourcekit import Recorder, kill_process, running, wait_for  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,16 +49,8 @@ class ModbusServer:
 
     def stop(self) -> None:
         """Kill the process (SIGKILL: a PLC losing power) and reap it."""
-        if self.proc is None:
-            return
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        kill_process(proc)
 
     def restart(self) -> None:
         self.stop()
@@ -122,42 +110,6 @@ def modbus_server() -> Iterator[Callable[..., ModbusServer]]:
         server.stop()
 
 
-@dataclass
-class Recorder:
-    """A SourceContext whose emit collects readings and whose state reports are kept in order."""
-
-    readings: list[Reading] = field(default_factory=list)
-    batches: list[tuple[float, list[Reading]]] = field(default_factory=list)
-    states: list[tuple[str, str]] = field(default_factory=list)
-
-    def ctx(self, metrics: Any = None) -> SourceContext:
-        async def emit(readings: Sequence[Reading], *, durable: bool = False) -> None:
-            self.readings.extend(readings)
-            self.batches.append((time.monotonic(), list(readings)))
-
-        return SourceContext(
-            emit=emit,
-            connection_up=lambda name: self.states.append(("up", name)),
-            connection_down=lambda name, why: self.states.append(("down", why)),
-            secret=lambda conn, key: None,
-            metrics=metrics,
-        )
-
-    def good(self, key: str) -> list[Any]:
-        return [r.value for r in self.readings if r.tag == key and r.quality is Quality.GOOD]
-
-    def bad(self, key: str) -> list[Reading]:
-        return [r for r in self.readings if r.tag == key and r.quality is Quality.BAD]
-
-    def assert_one_reading_per_tag(self, tags: Sequence[TagBinding]) -> None:
-        """Every batch (poll cycle) carries exactly one reading of every tag."""
-        for _, batch in self.batches:
-            assert sorted(r.tag for r in batch) == sorted(t.key for t in tags)
-
-    def last(self, key: str) -> Reading | None:
-        return next((r for r in reversed(self.readings) if r.tag == key), None)
-
-
 def binding(**spec: Any) -> TagBinding:
     """A tag binding as agent.config would build it (the key is the spec, as there)."""
     tag = ModbusTag.model_validate(spec)
@@ -169,22 +121,3 @@ def tcp(server: ModbusServer, **settings: Any) -> ModbusConnection:
     return ModbusConnection.model_validate({"host": "127.0.0.1", "port": server.port, **settings})
 
 
-async def wait_for(predicate: Callable[[], object], within: float = 10.0, what: str = "condition") -> None:
-    """Poll `predicate` on the event loop until true; fail the test with `what` after `within` s."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def running(source: Any) -> Any:
-    """Run `source.run()` in a task for the block, and cancel it (awaited) afterwards."""
-    task = asyncio.create_task(source.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import shutil
@@ -11,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from agent.sources.base import SourceContext, TagBinding
 from agent.sources.mqtt.config import MqttConnection
 from agent.sources.mqtt.source import MqttSource
 from tests.conftest import free_port
+from tests.sourcekit import running  # noqa: F401 - re-exported
+from tests.sourcekit import wait_for as until  # noqa: F401 - re-exported
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -288,22 +289,3 @@ def line(port: int, machines: str, settings: str = "") -> Line:
     return Line(conn.config, tags, dict(cfg.machines))
 
 
-async def until(predicate: Callable[[], object], within: float = 10.0, what: str = "") -> None:
-    """Wait (in the event loop) until `predicate()` is truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what or predicate}")
-        await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def running(source: MqttSource) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(source.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

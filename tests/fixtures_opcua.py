@@ -13,9 +13,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from agent.model import Quality, Reading
-from agent.sources.base import SourceContext, TagBinding
+from agent.sources.base import TagBinding
 from agent.sources.opcua.config import OpcUaConnection, OpcUaTag
 from tests.conftest import free_port
+from tests.sourcekit import Recorder, kill_process, wait_for  # noqa: F401 - re-exported
+from tests.sourcekit import running as _running
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "urn:prodsmart-edge:test"
@@ -76,16 +76,8 @@ class OpcUaServer:
 
     def stop(self) -> None:
         """Kill the process (SIGKILL: a PLC losing power) and reap it."""
-        if self.proc is None:
-            return
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        kill_process(proc)
 
     def freeze(self, frozen: bool = True) -> None:
         """SIGSTOP / SIGCONT: a server that hangs with its connections open (no FIN, no answer)."""
@@ -201,41 +193,6 @@ def not_after(path: Path) -> dt.datetime:
 # ----------------------------------------------------------------------------- source side
 
 
-@dataclass
-class Recorder:
-    """A SourceContext whose emit collects readings and whose state reports are kept in order."""
-
-    readings: list[Reading] = field(default_factory=list)
-    batches: list[list[Reading]] = field(default_factory=list)
-    states: list[tuple[str, str]] = field(default_factory=list)
-    secrets: dict[str, str] = field(default_factory=dict)
-
-    def ctx(self, metrics: Any = None) -> SourceContext:
-        async def emit(readings: Sequence[Reading], *, durable: bool = False) -> None:
-            self.readings.extend(readings)
-            self.batches.append(list(readings))
-
-        return SourceContext(
-            emit=emit,
-            connection_up=lambda name: self.states.append(("up", name)),
-            connection_down=lambda name, why: self.states.append(("down", why)),
-            secret=lambda conn, key: self.secrets.get(key),
-            metrics=metrics,
-        )
-
-    def good(self, key: str) -> list[Any]:
-        return [r.value for r in self.readings if r.tag == key and r.quality is Quality.GOOD]
-
-    def bad(self, key: str) -> list[Reading]:
-        return [r for r in self.readings if r.tag == key and r.quality is Quality.BAD]
-
-    def last(self, key: str) -> Reading | None:
-        return next((r for r in reversed(self.readings) if r.tag == key), None)
-
-    def downs(self) -> list[str]:
-        return [why for state, why in self.states if state == "down"]
-
-
 def binding(**spec: Any) -> TagBinding:
     """A tag binding as agent.config would build it (the key is the spec, as there)."""
     tag = OpcUaTag.model_validate(spec)
@@ -250,26 +207,6 @@ def connection(server: OpcUaServer, **settings: Any) -> OpcUaConnection:
     return OpcUaConnection.model_validate({**base, **settings})
 
 
-async def wait_for(predicate: Callable[[], object], within: float = 10.0, what: str = "condition") -> None:
-    """Poll `predicate` on the event loop until true; fail the test with `what` after `within` s."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def running(source: Any) -> Any:
-    """Run `source.run()` in a task for the block, and cancel it (awaited) afterwards; the source
-    must leave no task of its own (or of asyncua's) behind."""
-    task = asyncio.create_task(source.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    await asyncio.sleep(0)
-    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
-    assert not left, f"tasks left behind: {left}"
+def running(source: Any) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    """Run an OPC UA source for the block; it must leave no task (its own or asyncua's) behind."""
+    return _running(source, no_leftovers=True)
