@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -187,6 +187,27 @@ class MachineSpec:
     idle_after: float | None = None
     idle_type: str = "No production"
     parameters: Mapping[str, ParameterSpec] = field(default_factory=dict)
+
+
+def machine_tags(m: MachineSpec) -> list[tuple[str, str]]:
+    """(role, tag key) of every tag a machine reads: "counter", "waste Scrap", "running",
+    "stop_reason", "parameter temperature"."""
+    pairs: list[tuple[str, str | None]] = [("counter", m.counter.tag if m.counter else None)]
+    pairs += [(f"waste {code}", spec.tag) for code, spec in m.waste.items()]
+    pairs += [("running", m.running.tag if m.running else None), ("stop_reason", m.stop_reason.tag)]
+    pairs += [(f"parameter {code}", spec.tag) for code, spec in m.parameters.items()]
+    return [(role, key) for role, key in pairs if key is not None]
+
+
+def tag_roles(machines: Iterable[MachineSpec], connection: str,
+              only: str | None = None) -> dict[str, list[str]]:
+    """Tag key -> the "MACHINE role" labels it serves, for the machines of one connection."""
+    roles: dict[str, list[str]] = {}
+    for m in machines:
+        if m.connection == connection and (only is None or m.code == only):
+            for role, key in machine_tags(m):
+                roles.setdefault(key, []).append(f"{m.code} {role}")
+    return roles
 
 
 @dataclass(frozen=True, slots=True)

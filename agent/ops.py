@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agent.config import MachineSpec
+from agent.config import machine_tags
 from agent.service import Agent
 from agent.systemd import Notifier
 
@@ -69,20 +69,6 @@ def live_status(agent: Agent) -> dict[str, object]:
         machines[code] = roles
     return {"connections": connections, "machines": machines, "paused": agent.uplink.paused
             if agent.uplink is not None else None}
-
-
-def machine_tags(m: MachineSpec) -> list[tuple[str, str]]:
-    """(role, tag key) of every tag a machine reads."""
-    out: list[tuple[str, str]] = []
-    if m.counter is not None:
-        out.append(("count", m.counter.tag))
-    out += [(f"waste:{code}", spec.tag) for code, spec in m.waste.items()]
-    if m.running is not None:
-        out.append(("running", m.running.tag))
-    if m.stop_reason.tag is not None:
-        out.append(("stop_reason", m.stop_reason.tag))
-    out += [(f"param:{code}", spec.tag) for code, spec in m.parameters.items()]
-    return out
 
 
 async def _handle(agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from agent.config import AgentConfig, ConnectionSpec
+from agent.config import AgentConfig, ConnectionSpec, tag_roles
 from agent.sources.modbus.config import BIT_TABLES, TABLES, ModbusConnection, Table, modicon, parse_modicon
 from agent.sources.modbus.decode import NUMERIC_TYPES, ORDERS, decode, registers_of
 from agent.sources.modbus.link import Link, LinkError
@@ -216,19 +216,7 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 def _roles(config: AgentConfig, connection: str) -> dict[str, list[str]]:
     """Tag key -> the machine roles it plays, e.g. "PRESS-01 counter"."""
-    roles: dict[str, list[str]] = {}
-    for code, m in config.machines.items():
-        if m.connection != connection:
-            continue
-        pairs = [("counter", m.counter.tag if m.counter else None),
-                 ("running", m.running.tag if m.running else None),
-                 ("stop_reason", m.stop_reason.tag)]
-        pairs += [(f"waste {w}", spec.tag) for w, spec in m.waste.items()]
-        pairs += [(f"parameter {p}", spec.tag) for p, spec in m.parameters.items()]
-        for role, key in pairs:
-            if key is not None:
-                roles.setdefault(key, []).append(f"{code} {role}")
-    return roles
+    return tag_roles(config.machines.values(), connection)
 
 
 async def _read_tags(conns: list[ConnectionSpec], config: AgentConfig, machine: str | None,

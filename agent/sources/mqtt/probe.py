@@ -21,7 +21,7 @@ from typing import TextIO
 
 import paho.mqtt.client as mqtt
 
-from agent.config import AgentConfig, ConnectionSpec, MachineSpec
+from agent.config import AgentConfig, ConnectionSpec, MachineSpec, tag_roles
 from agent.sources.mqtt.config import MqttConnection, MqttTag, MqttTls
 from agent.sources.mqtt.link import LinkError, LinkSettings, MqttLink
 from agent.sources.mqtt.payload import Decoder, PayloadError
@@ -144,18 +144,7 @@ def _connection(args: argparse.Namespace, config: AgentConfig) -> ConnectionSpec
 
 def _labels(machines: Iterable[MachineSpec], connection: str, only: str | None) -> dict[str, list[str]]:
     """Tag key -> "MACHINE role" labels, for the machines of one connection."""
-    labels: dict[str, list[str]] = {}
-    for m in machines:
-        if m.connection != connection or (only is not None and m.code != only):
-            continue
-        roles: list[tuple[str, str | None]] = [("counter", m.counter.tag if m.counter else None)]
-        roles += [(f"waste {w}", c.tag) for w, c in m.waste.items()]
-        roles += [("running", m.running.tag if m.running else None), ("stop_reason", m.stop_reason.tag)]
-        roles += [(f"parameter {p}", s.tag) for p, s in m.parameters.items()]
-        for role, key in roles:
-            if key is not None:
-                labels.setdefault(key, []).append(f"{m.code} {role}")
-    return labels
+    return tag_roles(machines, connection, only)
 
 
 def _settings(args: argparse.Namespace, conn: MqttConnection, name: str | None) -> LinkSettings:

@@ -28,7 +28,7 @@ from asyncua.ua.object_ids import ObjectIdNames
 from pydantic import ValidationError
 
 from agent.confbase import parse_duration
-from agent.config import AgentConfig, ConnectionSpec
+from agent.config import AgentConfig, ConnectionSpec, tag_roles
 from agent.secrets import connection_secret
 from agent.sources.base import TagBinding
 from agent.sources.opcua.config import OpcUaConnection, OpcUaTag
@@ -182,18 +182,7 @@ def _configured(spec: ConnectionSpec, config: AgentConfig | None, machine: str |
 
 def _roles(config: AgentConfig | None, connection: str) -> dict[str, list[str]]:
     """Tag key -> the machine roles it plays, e.g. "OVEN-02 counter"."""
-    roles: dict[str, list[str]] = {}
-    for code, m in (config.machines.items() if config else []):
-        if m.connection != connection:
-            continue
-        pairs = [("counter", m.counter.tag if m.counter else None),
-                 ("running", m.running.tag if m.running else None), ("stop_reason", m.stop_reason.tag)]
-        pairs += [(f"waste {w}", s.tag) for w, s in m.waste.items()]
-        pairs += [(f"parameter {p}", s.tag) for p, s in m.parameters.items()]
-        for role, key in pairs:
-            if key is not None:
-                roles.setdefault(key, []).append(f"{code} {role}")
-    return roles
+    return tag_roles(config.machines.values(), connection) if config else {}
 
 
 # ------------------------------------------------------------------------------ output
