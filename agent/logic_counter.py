@@ -25,6 +25,9 @@
 carry a `msg_id` are checked against the last `DEDUPE_IDS` ids of the role, which are
 persisted with the state so that a redelivery after a restart is still caught.
 
+A reading marked `redelivered` (MQTT DUP after a crash) below `raw_last` is an old total:
+ignored, never taken for a drop.
+
 Unusable readings (bad quality, read error, None, NaN, infinities, negatives, booleans,
 non-numeric strings) change nothing and raise a "bad_value" notice.
 """
@@ -75,6 +78,11 @@ class Counter:
             self.sink.notice("bad_value", self.role, why or f"not a count: {reading.value!r}")
             return
         last = self.raw
+        if reading.redelivered and last is not None and raw < last:
+            # An old total delivered again after a crash (committed, not acknowledged): taking
+            # it for a reset would count it twice. A real reset shows in the next messages.
+            self.sink.notice("stale_redelivery", self.role, f"{raw} < {last}")
+            return
         if last is None:
             self._baseline(raw, now)
         elif self.pending is not None:

@@ -24,6 +24,7 @@ class Reading:
     `tag` is the tag's key (`TagBinding.key`), unique within its connection. Sources know
     nothing of machines: the machine logic maps (connection, tag) to machine roles.
     `msg_id` is set by sources whose messages carry an id (MQTT deltas), for de-duplication.
+    `redelivered` marks a message the transport delivered again (MQTT DUP).
     """
 
     connection: str
@@ -34,6 +35,9 @@ class Reading:
     received_time: float = 0.0
     msg_id: str | None = None
     error: str | None = None
+    # The transport delivered it again (MQTT DUP) and cannot tell whether it was applied: an
+    # old total of a message committed just before a crash must not look like a counter reset.
+    redelivered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

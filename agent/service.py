@@ -120,7 +120,7 @@ class Pipeline:
             elif n.kind == "jump_rejected":
                 m.counter_rejected.labels(n.machine, n.role).inc()
                 log.warning("%s: %s jump refused by max_rate %s", n.machine, n.role, n.detail)
-            elif n.kind == "duplicate":
+            elif n.kind in ("duplicate", "stale_redelivery"):
                 m.duplicates.labels(n.machine).inc()
             elif n.kind == "bad_value":
                 m.bad_readings.labels(self.logic.machines()[n.machine].connection, "unusable_value").inc()

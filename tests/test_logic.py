@@ -595,3 +595,19 @@ def test_a_start_read_with_a_count_goes_out_before_that_count() -> None:
     assert kinds_ == ["RunStateChanged", "RunStateChanged", "CounterChanged"]
     assert runs(events) == [(False, "Stopped"), (True, "Stopped")]
     assert counts(events) == [1]
+
+
+def test_old_totals_redelivered_after_a_crash_are_not_a_reset() -> None:
+    logic = logic_of(machine(counter=CounterSpec("count")))
+    feed(logic, [(0.0, "count", 90), (1.0, "count", 100)])
+    # The broker redelivers messages committed just before the crash: 95, 98, 100 (DUP).
+    events: list[Event] = []
+    for now, value in [(2.0, 95), (2.1, 98), (2.2, 100)]:
+        events += logic.apply(R("count", value, redelivered=True), now)
+    events += feed(logic, [(3.0, "count", 104)])
+    assert counts(events) == [14]
+    assert "stale_redelivery" in kinds(logic)
+    # A real reset still counts, even if its first message came as a redelivery.
+    events = logic.apply(R("count", 2, redelivered=True), 4.0)
+    events += feed(logic, [(5.0, "count", 5), (6.0, "count", 7)])
+    assert counts(events) == [21]  # the drop to 5 is confirmed by 7: 14 + 7

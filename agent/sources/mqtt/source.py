@@ -305,7 +305,7 @@ class MqttSource:
         if msg_id is not None and route.wildcard:
             msg_id = f"{topic}#{msg_id}"  # ids are per publisher: the topic keeps them apart
         return Reading(self.name, route.key, decoded.value, Quality.GOOD, decoded.source_time,
-                       received, msg_id)
+                       received, msg_id, redelivered=bool(message.dup))
 
     def _check_feed(self, route: _Route, topic: str) -> None:
         first = self._feeds.setdefault(route.key, topic)
