@@ -32,7 +32,8 @@ class Metrics:
         self.counter_wraps = Counter(P + "counter_wraps", "Counter wraps", ["machine", "tag"], registry=r)
         self.counter_rejected = Counter(P + "counter_jumps_rejected", "Jumps refused by max_rate",
                                         ["machine", "tag"], registry=r)
-        self.duplicates = Counter(P + "duplicate_messages", "Messages dropped as duplicates (delta ids, old totals redelivered)",
+        self.duplicates = Counter(P + "duplicate_messages",
+                                  "Messages dropped as duplicates (delta ids, old totals redelivered)",
                                   ["machine"], registry=r)
         # outbox
         self.queue_depth = Gauge(P + "queue_depth", "Calls waiting to be sent", ["machine"], registry=r)

@@ -108,7 +108,14 @@ def test_integer_round_trip(type_name: str, order: Order, data: st.DataObject) -
 
 @given(st.floats(allow_nan=False, width=32), st.sampled_from(ORDERS))
 def test_float32_round_trip(value: float, order: Order) -> None:
-    assert decode(encode(value, "float32", order), "float32", order) == value
+    back = decode(encode(value, "float32", order), "float32", order)
+    assert struct.pack(">f", back) == struct.pack(">f", value)  # the same float32
+    assert len(repr(back)) <= len(repr(value))  # in its shortest decimal form
+
+
+def test_float32_is_sent_as_the_decimal_the_plc_shows() -> None:
+    assert decode(encode(184.57, "float32"), "float32") == 184.57
+    assert decode(encode(0.1, "float32", "CDAB"), "float32", "CDAB") == 0.1
 
 
 @given(st.floats(allow_nan=True), st.sampled_from(ORDERS))

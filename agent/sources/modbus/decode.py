@@ -63,7 +63,20 @@ def decode(registers: Sequence[int], type_name: str, order: Order = "ABCD") -> i
     if len(registers) != count:
         raise ValueError(f"{type_name} needs {count} registers, got {len(registers)}")
     wire = b"".join(r.to_bytes(2, "big") for r in registers)
-    value: int | float = struct.unpack(">" + code, _wire_to_big(wire, order))[0]
+    big = _wire_to_big(wire, order)
+    value: int | float = struct.unpack(">" + code, big)[0]
+    if code == "f" and math.isfinite(value):
+        value = _shortest_float32(value, big)
+    return value
+
+
+def _shortest_float32(value: float, packed: bytes) -> float:
+    """The shortest decimal that is the same float32: 184.57 must not reach Prodsmart as
+    184.57000732421875 (the float64 the float32 widens to)."""
+    for digits in range(6, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack(">f", candidate) == packed:
+            return candidate
     return value
 
 
