@@ -70,3 +70,32 @@ class ParametersChanged:
 
 
 Event = CounterChanged | RunStateChanged | ParametersChanged
+
+
+def compact(events: list[Event]) -> list[Event]:
+    """The same effect in fewer events, for holding them in memory while the database cannot
+    take them: a machine's consecutive counter events merge (totals are cumulative), never
+    across one of its run-state changes; parameter values keep the newest per code."""
+    out: list[Event] = []
+    open_counter: dict[str, int] = {}  # machine -> index in `out` of its mergeable counter event
+    params: dict[str, int] = {}
+    for event in events:
+        if isinstance(event, RunStateChanged):
+            open_counter.pop(event.machine, None)
+            out.append(event)
+        elif isinstance(event, CounterChanged) and event.machine in open_counter:
+            i = open_counter[event.machine]
+            old = out[i]
+            assert isinstance(old, CounterChanged)
+            count = event.count if event.count is not None else old.count
+            out[i] = CounterChanged(event.machine, count, {**old.waste, **event.waste})
+        elif isinstance(event, ParametersChanged) and event.machine in params:
+            i = params[event.machine]
+            old_params = out[i]
+            assert isinstance(old_params, ParametersChanged)
+            out[i] = ParametersChanged(event.machine, {**old_params.values, **event.values})
+        else:
+            index = {CounterChanged: open_counter, ParametersChanged: params}[type(event)]
+            index[event.machine] = len(out)
+            out.append(event)
+    return out

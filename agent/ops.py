@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.config import machine_tags
+from agent.outbox import StorageError
 from agent.service import Agent
 from agent.systemd import Notifier
 
@@ -37,9 +38,14 @@ async def assess(agent: Agent) -> Health:
     problems: list[str] = []
     depth, oldest = 0, 0.0
     if agent.outbox is not None:
-        for s in await agent.outbox.stats(now):  # also refreshes the queue gauges
-            depth += s.depth
-            oldest = max(oldest, s.oldest_pending_age or 0.0)
+        try:
+            for s in await agent.outbox.stats(now):  # also refreshes the queue gauges
+                depth += s.depth
+                oldest = max(oldest, s.oldest_pending_age or 0.0)
+        except StorageError as exc:
+            problems.append(f"database: {exc}")
+    if agent.pipeline is not None and agent.pipeline.storage_problem is not None:
+        problems.append(f"database refuses commits: {agent.pipeline.storage_problem}")
     up = 0
     for name, state in agent.connections.items():
         if state.up:
@@ -117,12 +123,15 @@ async def supervise(agent: Agent, notifier: Notifier) -> None:
     while True:
         try:
             health = await assess(agent)
+            alert = f"; ALERT: {'; '.join(health.problems)}" if health.problems else ""
             notifier.notify(f"STATUS=connections up {health.connections_up}/{health.connections}, "
-                            f"queued calls {health.depth}, oldest {health.oldest_pending:.0f}s")
-            pipeline = agent.pipeline
-            stalled = pipeline is not None and time.monotonic() - pipeline.last_cycle > 30.0
-            if interval and not stalled:
-                notifier.notify("WATCHDOG=1")
-        except Exception as exc:  # the supervisor must outlive a failing database read
+                            f"queued calls {health.depth}, oldest {health.oldest_pending:.0f}s{alert}")
+        except Exception as exc:  # the supervisor must outlive a failing status read
             log.debug("status refresh failed: %s", exc)
+        # The watchdog only asks whether the event loop and the pipeline go round: a database
+        # that refuses writes is an alert (STATUS, /healthz), not a reason to be restarted.
+        pipeline = agent.pipeline
+        stalled = pipeline is not None and time.monotonic() - pipeline.last_cycle > 30.0
+        if interval and not stalled:
+            notifier.notify("WATCHDOG=1")
         await asyncio.sleep(period)

@@ -9,13 +9,14 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
+from agent.backoff import Backoff
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.logic import Logic, Notice
 from agent.metrics import Metrics
-from agent.model import Event, Reading
-from agent.outbox import Outbox
+from agent.model import Event, Reading, compact
+from agent.outbox import Outbox, StorageError
 from agent.secrets import connection_secret
 from agent.sources.base import SourceContext
 from agent.sources.registry import PROTOCOLS
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.1  # how often time-driven logic (debounce, idle, heartbeats) is evaluated
 DRAIN_ON_STOP = 5.0  # seconds a clean stop spends sending what is queued
+HELD_EVENTS = 10_000  # events held in memory while the database refuses them, before compacting
 
 
 @dataclass
@@ -56,6 +58,10 @@ class Pipeline:
         self._warned: set[tuple[str, str, str]] = set()
         self.last_cycle = time.monotonic()  # the watchdog stops while this gets old
         self.last: dict[tuple[str, str], Reading] = {}  # newest reading per tag, for `status`
+        self._states: dict[str, dict[str, Any]] = {}  # logic states not yet committed
+        self.storage_problem: str | None = None  # the database refuses commits (disk full...)
+        self._storage_backoff = Backoff(1.0, 60.0)
+        self._retry_at = 0.0
 
     async def emit(self, readings: Sequence[Reading], *, durable: bool = False) -> None:
         done = asyncio.get_running_loop().create_future() if durable else None
@@ -95,18 +101,42 @@ class Pipeline:
             self._waiters.append(batch.done)
 
     async def commit(self) -> None:
-        """Persist logic state and the calls it produced in one transaction."""
+        """Persist logic state and the calls it produced in one transaction.
+
+        If the database refuses (disk full, damaged file) nothing is lost: states and events
+        stay in memory (compacted), durable emitters keep waiting, and the commit is tried
+        again with backoff. The agent stays up: an alert, not a crash loop."""
         self._notices(self.logic.drain_notices())
-        states = self.logic.dirty_states()
-        events, self._events = self._events, []
-        waiters, self._waiters = self._waiters, []
-        if states or events:
-            await self.outbox.commit(states, events, time.time())
-            if events:
+        self._states.update(self.logic.dirty_states())
+        if self.storage_problem is not None and time.monotonic() < self._retry_at:
+            if len(self._events) > HELD_EVENTS:
+                self._events = compact(self._events)
+            return
+        if self._states or self._events:
+            try:
+                await self.outbox.commit(self._states, self._events, time.time())
+            except StorageError as exc:
+                self._storage_failed(exc)
+                return
+            if self._events:
                 self.on_commit()
+            self._states, self._events = {}, []
+        if self.storage_problem is not None:
+            log.info("The database takes commits again; nothing was lost")
+            self.storage_problem = None
+            self._storage_backoff.reset()
+        waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _storage_failed(self, exc: StorageError) -> None:
+        if self.storage_problem is None:
+            log.error("Cannot save to the database: %s. Readings are held in memory (the PLCs "
+                      "keep their counts) and saving is retried.", exc)
+        self.storage_problem = str(exc)
+        self._retry_at = time.monotonic() + self._storage_backoff.next_delay()
+        self._events = compact(self._events)
 
     def _notices(self, notices: list[Notice]) -> None:
         m = self.metrics
@@ -211,7 +241,7 @@ class Agent:
         ctx = self._context(pipeline)
         async with asyncio.TaskGroup() as group:
             pipe_task = group.create_task(pipeline.run(), name="pipeline")
-            up_task = group.create_task(uplink.run(), name="uplink")
+            up_task = group.create_task(self._run_uplink(uplink), name="uplink")
             sources = group.create_task(self._run_sources(self.config, ctx), name="sources")
             self.ready()
             log.info("prodsmart-edge running: %d machines on %d connections%s",
@@ -239,6 +269,17 @@ class Agent:
                 await up_task
         log.info("prodsmart-edge stopped cleanly")
 
+    async def _run_uplink(self, uplink: Uplink) -> None:
+        """The uplink, restarted with backoff when the database fails under it (not a crash)."""
+        backoff = Backoff(1.0, 60.0)
+        while True:
+            try:
+                await uplink.run()
+                return
+            except StorageError as exc:
+                log.error("Sending paused: the database cannot be read or written: %s", exc)
+                await backoff.sleep()
+
     async def pending_calls(self) -> int:
         assert self.outbox is not None
         return sum(s.depth for s in await self.outbox.stats(time.time()))
@@ -247,8 +288,11 @@ class Agent:
         """Give the uplink a moment to send what is queued; what is left stays safely queued."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        while loop.time() < deadline and await self.pending_calls():  # noqa: ASYNC110 - polls the db
-            await asyncio.sleep(0.1)
+        try:
+            while loop.time() < deadline and await self.pending_calls():  # noqa: ASYNC110 - polls the db
+                await asyncio.sleep(0.1)
+        except StorageError:
+            pass  # what is queued stays queued; the failure is already in the log
 
     async def _reload(self, pipeline: Pipeline, ctx: SourceContext, sources: asyncio.Task[None],
                       group: asyncio.TaskGroup) -> asyncio.Task[None]:
