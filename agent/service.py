@@ -300,8 +300,10 @@ class Agent:
         try:
             new = load_config(self.config.path)
         except ConfigError as exc:
-            log.error("Reload refused, the running configuration is kept. %d problem(s):\n%s",
-                      len(exc.problems), exc)
+            for problem in exc.problems:  # one line each: journald and log shippers read lines
+                log.error("Reload refused: %s", problem)
+            log.error("Reload refused: %d problem(s); the running configuration is kept",
+                      len(exc.problems))
             self.ready()
             return sources
         sources.cancel()
