@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+
+from agent.outbox import Outbox
 
 
 def free_port() -> int:
@@ -17,3 +21,13 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture
+async def box(tmp_path: Path) -> AsyncIterator[Outbox]:
+    """A real outbox on a fresh SQLite file."""
+    outbox = await Outbox.open(str(tmp_path / "agent.db"))
+    try:
+        yield outbox
+    finally:
+        await outbox.close()

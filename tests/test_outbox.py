@@ -6,7 +6,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,6 @@ import pytest
 from agent.metrics import Metrics
 from agent.model import CounterChanged, ParametersChanged, RunStateChanged
 from agent.outbox import Call, Outbox, StorageError
-
-
-@pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Outbox]:
-    outbox = await Outbox.open(str(tmp_path / "agent.db"))
-    try:
-        yield outbox
-    finally:
-        await outbox.close()
 
 
 def bodies(calls: list[Call]) -> list[tuple[str, str, dict[str, object]]]:

@@ -9,7 +9,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,15 +31,6 @@ def settings(**changes: Any) -> ProdsmartSection:
     base = ProdsmartSection(url="http://prodsmart.test", retry_min=0.05, retry_max=0.2, timeout=2)
     # Faster than the 120/min a config allows, so that tests take milliseconds.
     return base.model_copy(update={"requests_per_minute": 6000, **changes})
-
-
-@pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Outbox]:
-    outbox = await Outbox.open(str(tmp_path / "agent.db"))
-    try:
-        yield outbox
-    finally:
-        await outbox.close()
 
 
 @pytest.fixture
