@@ -72,10 +72,8 @@ class Counter:
         if self.spec.mode == "delta":
             self._delta(reading, now)
             return
-        why = unusable(reading)
-        raw = count_of(reading.value) if why is None else None
+        raw = self._count_of(reading)
         if raw is None:
-            self.sink.notice("bad_value", self.role, why or f"not a count: {reading.value!r}")
             return
         last = self.raw
         if reading.redelivered and last is not None and raw < last:
@@ -160,15 +158,21 @@ class Counter:
         else:
             self.sink.count_grew = True
 
+    def _count_of(self, reading: Reading) -> int | None:
+        """The reading's value as a count, or None (reported as a bad value) if unusable."""
+        why = unusable(reading)
+        value = count_of(reading.value) if why is None else None
+        if value is None:
+            self.sink.notice("bad_value", self.role, why or f"not a count: {reading.value!r}")
+        return value
+
     def _delta(self, reading: Reading, now: float) -> None:
         msg_id = reading.msg_id
         if msg_id is not None and msg_id in self.seen:
             self.sink.notice("duplicate", self.role, msg_id)
             return
-        why = unusable(reading)
-        inc = count_of(reading.value) if why is None else None
+        inc = self._count_of(reading)
         if inc is None:
-            self.sink.notice("bad_value", self.role, why or f"not a count: {reading.value!r}")
             return
         if msg_id is not None:
             if len(self.ids) == DEDUPE_IDS:
