@@ -13,9 +13,7 @@ import aiosqlite
 
 from agent.coalesce import Acked, Kind, Lane, parse_counter_body
 from agent.metrics import Metrics
-
-if TYPE_CHECKING:
-    from agent.outbox import Call
+from agent.outbox_types import Call, _call_of, _j, _param_value
 
 # The name of the module these methods came from, so log lines read as they always did.
 log = logging.getLogger("agent.outbox")
@@ -55,8 +53,8 @@ class OutboxAdmin:
     """What the operator does with the outbox; only `agent.outbox.Outbox` inherits it.
 
     Plain SQL over the outbox's tables, through the transactions and lane helpers Outbox provides
-    (declared below for the type checker only, so nothing here runs without them). The few
-    `agent.outbox` functions it needs are imported inside the methods: that module imports this one.
+    (declared below for the type checker only, so nothing here runs without them); the shared values
+    and helpers come from `agent.outbox_types`.
     """
 
     if TYPE_CHECKING:
@@ -126,8 +124,6 @@ class OutboxAdmin:
     async def _requeue_counter(
         self, db: aiosqlite.Connection, machine: str, count: int | None, waste: dict[str, int], now: float
     ) -> None:
-        from agent.outbox import _j
-
         names = _j([machine])
         acked = (await self._machine_info(db, names))[1]
         held = await self._waste_of(db, "held_waste", names) if self._hold else {}
@@ -141,8 +137,6 @@ class OutboxAdmin:
     async def _restore_params(
         self, db: aiosqlite.Connection, machine: str, params: Mapping[str, Any], now: float
     ) -> None:
-        from agent.outbox import _param_value
-
         texts = {(machine, c): t for c, v in params.items() if (t := _param_value(v)) is not None}
         existing = {str(r[0]) for r in await db.execute_fetchall(
             "SELECT code FROM params WHERE machine = ?", (machine,))}
@@ -186,8 +180,6 @@ class OutboxAdmin:
 
     async def queued(self, machine: str | None = None) -> list[Call]:
         """The calls waiting, lane by lane in FIFO order (bodies of unattempted calls as of now)."""
-        from agent.outbox import _call_of
-
         sql = ("SELECT id, machine, kind, count, waste, running, type, body, attempts, unknown, inflight, "
                "param_seq, created FROM calls")
         args: tuple[str, ...] = ()
