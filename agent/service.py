@@ -263,7 +263,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await pipe_task
             await pipeline.commit()
-            await self._drain(DRAIN_ON_STOP)
+            await self._drain(uplink)
             up_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await up_task
@@ -280,17 +280,10 @@ class Agent:
                 log.error("Sending paused: the database cannot be read or written: %s", exc)
                 await backoff.sleep()
 
-    async def pending_calls(self) -> int:
-        assert self.outbox is not None
-        return sum(s.depth for s in await self.outbox.stats(time.time()))
-
-    async def _drain(self, seconds: float) -> None:
+    async def _drain(self, uplink: Uplink) -> None:
         """Give the uplink a moment to send what is queued; what is left stays safely queued."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
         try:
-            while loop.time() < deadline and await self.pending_calls():  # noqa: ASYNC110 - polls the db
-                await asyncio.sleep(0.1)
+            await uplink.drain(DRAIN_ON_STOP)
         except StorageError:
             pass  # what is queued stays queued; the failure is already in the log
 

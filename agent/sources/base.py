@@ -11,8 +11,8 @@ for a bug. Sources know nothing of machines or Prodsmart.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -50,7 +50,6 @@ class SourceContext:
     # secret(connection, field) -> value from the environment / credentials, or None.
     secret: Callable[[str, str], str | None]
     metrics: Any = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Source(Protocol):
@@ -65,4 +64,3 @@ class Source(Protocol):
 
 
 SourceFactory = Callable[[str, Any, Sequence[TagBinding], SourceContext], Source]
-Runner = Callable[[], Awaitable[None]]
