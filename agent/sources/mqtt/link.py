@@ -23,6 +23,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 READS_PER_WAKEUP = 256  # packets read per readable event before the loop serves other tasks
 MAX_INBOX = 20_000  # messages waiting for the source; beyond, the socket rests (TCP backpressure)
 CLOSE_TIMEOUT = 2.0
+DISCONNECT = b"\xe0\x00"  # MQTT DISCONNECT, no properties: normal disconnection
 
 
 class LinkError(Exception):
@@ -102,7 +104,6 @@ class MqttLink:
         self._fd: int | None = None
         self._misc: asyncio.TimerHandle | None = None
         self._forgotten: set[str] = set()
-        self._closed: asyncio.Future[None] | None = None
         self._paused = False
         self.received = 0
 
@@ -217,8 +218,6 @@ class MqttLink:
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
-        if self._closed is not None and not self._closed.done():
-            self._closed.set_result(None)
 
     def _drop_socket(self) -> None:
         sock = self._client.socket()
@@ -353,20 +352,58 @@ class MqttLink:
             self._client.ack(message.mid, message.qos)
         return True
 
-    async def close(self) -> None:
-        """Disconnect cleanly (queued PUBACKs go out first), then release socket and thread."""
+    def flush(self) -> None:
+        """Write what paho has queued (PUBACKs) now, not at the next writable event: a source
+        stopped or killed right after a commit must not leave its acknowledgements unsent."""
+        if self._fd is None:
+            return
         try:
-            if self.alive:
-                self._closed = self._loop.create_future()
-                self._client.disconnect()  # paho closes the socket once DISCONNECT is written
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CLOSE_TIMEOUT):
-                        await self._closed
+            self._client.loop_write()
+        except Exception as exc:  # a socket error here is a lost connection
+            self._fail(str(exc) or type(exc).__name__)
+
+    async def close(self) -> None:
+        """Disconnect cleanly: PUBACKs first, then DISCONNECT, then wait for the broker to close.
+
+        paho would write DISCONNECT and close the socket at once; with unread messages in our
+        receive buffer the kernel then sends a reset, and the broker may drop the PUBACKs it has
+        not read yet: committed messages would be delivered again. So the agent writes
+        DISCONNECT itself, half-closes (FIN after everything it wrote) and reads until the
+        broker, having read all of it, closes its side."""
+        try:
+            self.flush()
+            sock: Any = self._client.socket()
+            if self.alive and sock is not None and not self._client.want_write():
+                self._unwatch()
+                with contextlib.suppress(OSError):
+                    sock.send(DISCONNECT)  # two bytes, the same in MQTT 3.1.1 and 5
+                    sock.shutdown(socket.SHUT_WR)
+                    await self._until_eof(sock)
         finally:
             self._lost = self._lost or LinkLost("closed")
             self._unwatch()
             self._drop_socket()
             self._executor.shutdown(wait=False)
+
+    async def _until_eof(self, sock: Any) -> None:
+        """Read and discard until the broker closes the connection (at most CLOSE_TIMEOUT)."""
+        readable = asyncio.Event()
+        fd = sock.fileno()
+        self._loop.add_reader(fd, readable.set)
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                while True:
+                    await readable.wait()
+                    readable.clear()
+                    try:
+                        if not sock.recv(65536):
+                            return
+                    except (BlockingIOError, ssl.SSLWantReadError):
+                        continue
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            self._loop.remove_reader(fd)
 
 
 def _tls_pending(client: mqtt.Client) -> bool:

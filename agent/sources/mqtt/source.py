@@ -256,6 +256,8 @@ class MqttSource:
         for mark in marks:
             acked = link.ack(mark.message)
             self.redeliveries.committed(mark.message.mid, mark.content, acked)
+        if marks:
+            link.flush()
 
     def decode(self, batch: Sequence[mqtt.MQTTMessage], link: MqttLink | None = None
                ) -> tuple[list[Reading], list[_Mark]]:
