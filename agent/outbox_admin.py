@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiosqlite
 
 from agent.coalesce import Acked, Kind, Lane, parse_counter_body
-from agent.metrics import Metrics
-from agent.outbox_types import Call, _call_of, _j, _param_value
+from agent.outbox_types import Call, OutboxBase, _call_of, _j, _param_value
 
 # The name of the module these methods came from, so log lines read as they always did.
 log = logging.getLogger("agent.outbox")
@@ -49,35 +47,13 @@ class DeadLetter:
         return self.kind
 
 
-class OutboxAdmin:
+class OutboxAdmin(OutboxBase):
     """What the operator does with the outbox; only `agent.outbox.Outbox` inherits it.
 
     Plain SQL over the outbox's tables, through the transactions and lane helpers Outbox provides
-    (declared below for the type checker only, so nothing here runs without them); the shared values
+    (declared in `OutboxBase` for the type checker only, so nothing here runs without them); the shared values
     and helpers come from `agent.outbox_types`.
     """
-
-    if TYPE_CHECKING:
-        _hold: bool
-        _metrics: Metrics | None
-
-        def _read(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
-
-        def _tx(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
-
-        async def _machine_info(
-            self, db: aiosqlite.Connection, names: str
-        ) -> tuple[dict[str, int], dict[str, Acked]]: ...
-
-        async def _waste_of(
-            self, db: aiosqlite.Connection, table: str, names: str
-        ) -> dict[str, dict[str, int]]: ...
-
-        async def _write_lanes(self, db: aiosqlite.Connection, lanes: list[Lane], now: float) -> None: ...
-
-        async def _upsert_params(
-            self, db: aiosqlite.Connection, params: Mapping[tuple[str, str], str], now: float
-        ) -> None: ...
 
     # ------------------------------------------------------------------ operator actions
 

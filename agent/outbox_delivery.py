@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiosqlite
 
@@ -17,39 +15,18 @@ from agent.coalesce import (
     parse_counter_body,
     startstop_body,
 )
-from agent.outbox_types import Call, Head, _j
+from agent.outbox_types import Call, Head, OutboxBase, _j
 
 RESPONSE_LIMIT = 2048  # bytes of a refused call's response kept with its dead letter
 
 
-class OutboxDelivery:
+class OutboxDelivery(OutboxBase):
     """How the uplink drains the outbox; only `agent.outbox.Outbox` inherits it.
 
     `heads()` -> `begin_attempt()` -> `ack()` / `attempt_failed()` / `dead_letter()`, through the
-    transactions and lane helpers Outbox provides (declared below for the type checker only, so
+    transactions and lane helpers Outbox provides (declared in `OutboxBase` for the type checker, so
     nothing here runs without them).
     """
-
-    if TYPE_CHECKING:
-        _hold: bool
-
-        def _read(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
-
-        def _tx(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
-
-        async def _machine_info(
-            self, db: aiosqlite.Connection, names: str
-        ) -> tuple[dict[str, int], dict[str, Acked]]: ...
-
-        async def _waste_of(
-            self, db: aiosqlite.Connection, table: str, names: str
-        ) -> dict[str, dict[str, int]]: ...
-
-        async def _set_held(
-            self, db: aiosqlite.Connection, machine: str, held: Mapping[str, int]
-        ) -> None: ...
-
-        def _log_dropped(self, machine: str, dropped: list[str]) -> None: ...
 
     async def heads(self) -> list[Head]:
         """The first call of every lane, and the machines with only parameters waiting."""

@@ -6,10 +6,47 @@ import json
 import math
 import sqlite3
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.coalesce import Kind, counter_body, startstop_body
+import aiosqlite
+
+from agent.coalesce import Acked, Kind, Lane, counter_body, startstop_body
+from agent.metrics import Metrics
+
+
+class OutboxBase:
+    """What `agent.outbox.Outbox` provides to its base classes (delivery, admin): declared here
+    once, for the type checker only, so those modules can use Outbox's transactions and helpers."""
+
+    if TYPE_CHECKING:
+        _hold: bool
+        _metrics: Metrics | None
+
+        def _read(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
+
+        def _tx(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
+
+        async def _machine_info(
+            self, db: aiosqlite.Connection, names: str
+        ) -> tuple[dict[str, int], dict[str, Acked]]: ...
+
+        async def _waste_of(
+            self, db: aiosqlite.Connection, table: str, names: str
+        ) -> dict[str, dict[str, int]]: ...
+
+        async def _write_lanes(self, db: aiosqlite.Connection, lanes: list[Lane], now: float) -> None: ...
+
+        async def _upsert_params(
+            self, db: aiosqlite.Connection, params: Mapping[tuple[str, str], str], now: float
+        ) -> None: ...
+
+        async def _set_held(
+            self, db: aiosqlite.Connection, machine: str, held: Mapping[str, int]
+        ) -> None: ...
+
+        def _log_dropped(self, machine: str, dropped: list[str]) -> None: ...
 
 
 class StorageError(Exception):
