@@ -15,6 +15,21 @@ from typing import Any, TypeVar
 from agent.sandbox import Sandbox, SandboxOptions
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The sections every protocol end-to-end config starts with: fast retries against the sandbox,
+# quick group commits, metrics on a free port. Fill with .format(url=, db=, metrics_port=, ...).
+AGENT_PROLOGUE = """
+prodsmart:
+  url: {url}
+  timeout: 2s
+  retry_min: 100ms
+  retry_max: 1s
+storage:
+  path: {db}
+  commit_interval: 50ms
+metrics:
+  listen: 127.0.0.1:{metrics_port}
+"""
 T = TypeVar("T")
 
 

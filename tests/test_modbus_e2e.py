@@ -17,23 +17,13 @@ import pytest
 from agent.sandbox import Sandbox
 from tests.conftest import free_port
 from tests.fixtures_modbus import ModbusServer, modbus_server
-from tests.harness import AgentProcess, agent_env, start_sandbox, wait_until, write_config
+from tests.harness import AGENT_PROLOGUE, AgentProcess, agent_env, start_sandbox, wait_until, write_config
 
 __all__ = ["modbus_server"]
 
 Start = Callable[..., ModbusServer]
 
-CONFIG = """
-prodsmart:
-  url: {url}
-  timeout: 2s
-  retry_min: 100ms
-  retry_max: 1s
-storage:
-  path: {db}
-  commit_interval: 50ms
-metrics:
-  listen: 127.0.0.1:{metrics_port}
+CONFIG = AGENT_PROLOGUE + """\
 connections:
   press-plc:
     modbus: {{host: 127.0.0.1, port: {port}, unit: 1, poll: 100ms, timeout: 500ms, retry_max: 1s}}

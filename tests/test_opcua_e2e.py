@@ -18,23 +18,13 @@ import pytest
 from agent.sandbox import Sandbox
 from tests.conftest import free_port
 from tests.fixtures_opcua import NAMESPACE, OpcUaServer, opcua_server
-from tests.harness import AgentProcess, agent_env, start_sandbox, wait_until, write_config
+from tests.harness import AGENT_PROLOGUE, AgentProcess, agent_env, start_sandbox, wait_until, write_config
 
 __all__ = ["opcua_server"]
 
 Start = Callable[..., OpcUaServer]
 
-CONFIG = """
-prodsmart:
-  url: {url}
-  timeout: 2s
-  retry_min: 100ms
-  retry_max: 1s
-storage:
-  path: {db}
-  commit_interval: 50ms
-metrics:
-  listen: 127.0.0.1:{metrics_port}
+CONFIG = AGENT_PROLOGUE + """\
 connections:
   oven-plc:
     opcua: {{url: "{plc}", sampling: 100ms, timeout: 2s, keepalive: 1s, stale_after: 3s, retry_max: 1s}}
