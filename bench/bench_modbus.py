@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.model import Quality, Reading
+from agent.core.model import Quality, Reading
 from agent.sources.base import SourceContext, TagBinding
 from agent.sources.modbus.config import ModbusConnection
 from agent.sources.modbus.source import ModbusSource
 from tests.conftest import free_port
-from tests.fixtures_modbus import ModbusServer, binding
+from tests.support.fixtures_modbus import ModbusServer, binding
 
 
 def tag_map(tags: int, units: int) -> list[TagBinding]:

@@ -29,16 +29,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import parse_config
-from agent.logic import Logic
-from agent.metrics import Metrics
-from agent.model import Reading
-from agent.outbox import Outbox
-from agent.service import Pipeline
+from agent.config.loader import parse_config
+from agent.core.metrics import Metrics
+from agent.core.model import Reading
+from agent.logic.machine import Logic
+from agent.outbox.store import Outbox
+from agent.runtime.pipeline import Pipeline
 from agent.sources.base import SourceContext
 from agent.sources.mqtt.config import MqttConnection
 from agent.sources.mqtt.source import MqttSource
-from tests.fixtures_mqtt import Mosquitto
+from tests.support.fixtures_mqtt import Mosquitto
 
 PUBLISHERS = 2
 

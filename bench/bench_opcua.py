@@ -2,7 +2,7 @@
 
     python bench/bench_opcua.py [--items 2000] [--rate 10] [--seconds 60]
 
-A test server process (tests/opcua_server.py --bench) writes every item `--rate` times a second,
+A test server process (tests/support/opcua_server.py --bench) writes every item `--rate` times a second,
 each with the wall-clock time of its write as its value. The agent side (this process) runs the
 real OpcUaSource into the real Pipeline (machine logic + SQLite outbox with group commit); the
 items are parameters of machines of ten. Prints the notifications handled per second, the
@@ -24,15 +24,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import parse_config
-from agent.logic import Logic
-from agent.metrics import Metrics
-from agent.model import Quality, Reading
-from agent.outbox import Outbox
-from agent.service import Pipeline
+from agent.config.loader import parse_config
+from agent.core.metrics import Metrics
+from agent.core.model import Quality, Reading
+from agent.logic.machine import Logic
+from agent.outbox.store import Outbox
+from agent.runtime.pipeline import Pipeline
 from agent.sources.opcua.source import OpcUaSource
 from tests.conftest import free_port
-from tests.fixtures_opcua import NAMESPACE, OpcUaServer
+from tests.support.fixtures_opcua import NAMESPACE, OpcUaServer
 
 WARM_UP = 5.0
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import parse_config
-from agent.logic import Logic
-from agent.model import Reading
-from agent.outbox import Outbox
+from agent.config.loader import parse_config
+from agent.core.model import Reading
+from agent.logic.machine import Logic
+from agent.outbox.store import Outbox
 
 COMMIT_EVERY = 20_000  # readings per group commit (~200 ms of a busy line at 100k/s)
 

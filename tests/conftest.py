@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox
+from agent.outbox.store import Outbox
 
 
 def free_port() -> int:

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from agent.sandbox.options import Fault
+from agent.sandbox.book import Ledger
+from agent.sandbox.options import Fault, SandboxOptions
 from agent.sandbox.wire import Outcome, Request, json_outcome, text_outcome
 
-if TYPE_CHECKING:
-    from agent.sandbox.company import Company
+
+class Controlled(Protocol):
+    """What the control endpoints act on (the sandbox's company)."""
+
+    options: SandboxOptions
+
+    def ledger(self) -> Ledger: ...
+    def inject(self, fault: Fault) -> None: ...
+    def clear_faults(self) -> None: ...
+    def faults(self) -> list[Fault]: ...
+    def set_options(self, changes: dict[str, Any]) -> SandboxOptions: ...
+    def reset(self) -> None: ...
 
 
 class Control:
-    def __init__(self, company: Company) -> None:
+    def __init__(self, company: Controlled) -> None:
         self._company = company
 
     def handle(self, request: Request) -> Outcome:

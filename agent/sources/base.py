@@ -5,19 +5,20 @@ must read (deduplicated, each with the key its readings carry) and a `SourceCont
 `run()` coroutine runs until cancelled and is the *only* place that reconnects for that
 protocol: it connects, reads or subscribes, hands readings to `ctx.emit`, reports the
 connection state through `ctx.connection_up/down`, and on a lost connection waits with
-`agent.backoff.Backoff` and tries again. It never raises for a device fault; it raises only
+`agent.core.backoff.Backoff` and tries again. It never raises for a device fault; it raises only
 for a bug. Sources know nothing of machines or Prodsmart.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from agent.model import Reading
+from agent.core.model import Reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +65,10 @@ class Source(Protocol):
 
 
 SourceFactory = Callable[[str, Any, Sequence[TagBinding], SourceContext], Source]
+
+
+def connection_env_name(connection: str, field: str) -> str:
+    """Where a connection's secret is looked up: PRODSMART_EDGE_<CONNECTION>_<FIELD>, e.g.
+    PRODSMART_EDGE_OVEN_PLC_PASSWORD (the environment; the systemd credential is its lower case)."""
+    conn = re.sub(r"[^A-Za-z0-9]", "_", connection).upper()
+    return f"PRODSMART_EDGE_{conn}_{field.upper()}"

@@ -11,7 +11,7 @@ from agent.sources.base import SourceFactory
 from agent.sources.modbus.config import ModbusConnection, ModbusTag
 from agent.sources.mqtt.config import MqttConnection, MqttTag
 from agent.sources.opcua.config import OpcUaConnection, OpcUaTag
-from agent.sources.simulated_config import SimulatedConnection, SimulatedTag
+from agent.sources.simulated.config import SimulatedConnection, SimulatedTag
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,6 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
     "opcua": ProtocolSpec(OpcUaConnection, OpcUaTag, "agent.sources.opcua.source:OpcUaSource"),
     "mqtt": ProtocolSpec(MqttConnection, MqttTag, "agent.sources.mqtt.source:MqttSource"),
     "simulated": ProtocolSpec(
-        SimulatedConnection, SimulatedTag, "agent.sources.simulated:SimulatedSource"
+        SimulatedConnection, SimulatedTag, "agent.sources.simulated.source:SimulatedSource"
     ),
 }

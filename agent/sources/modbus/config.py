@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.confbase import Duration, Strict
+from agent.core.schema import Duration, Strict
 from agent.sources.modbus.decode import TYPES, Order, registers_of
 
 Table = Literal["coil", "discrete", "input", "holding"]

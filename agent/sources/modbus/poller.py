@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agent.backoff import Backoff
+from agent.core.backoff import Backoff
 from agent.sources.modbus.decode import finite
 from agent.sources.modbus.link import Link, LinkLost, NoAnswer, Refused
 from agent.sources.modbus.planner import Block, Limits, Point, plan, split

@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.backoff import Backoff
-from agent.model import Quality, Reading
+from agent.core.backoff import Backoff
+from agent.core.model import Quality, Reading
 from agent.sources.base import SourceContext, TagBinding
 from agent.sources.modbus.config import ModbusConnection
 from agent.sources.modbus.link import Link, LinkError, OutOfSync

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from agent.confbase import Duration, Strict
+from agent.core.schema import Duration, Strict
 from agent.sources.mqtt.payload import ValueType, parse_path
 from agent.sources.mqtt.topics import filter_problem
 

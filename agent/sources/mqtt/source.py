@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 
-from agent.backoff import Backoff
-from agent.model import Quality, Reading
+from agent.core.backoff import Backoff
+from agent.core.model import Quality, Reading
 from agent.sources.base import SourceContext, TagBinding
 from agent.sources.mqtt.config import MqttConnection, MqttTag, MqttTls
 from agent.sources.mqtt.link import Granted, LinkError, LinkSettings, MqttLink

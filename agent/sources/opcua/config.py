@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.confbase import Duration, Strict
+from agent.core.schema import Duration, Strict
 from agent.sources.opcua.nodes import parse_browse_path, parse_node_id
 
 POLICIES = ("Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")

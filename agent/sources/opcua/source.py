@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 from asyncua import ua
 
-from agent.backoff import Backoff
-from agent.model import Quality, Reading
-from agent.secrets import connection_env_name
-from agent.sources.base import SourceContext, TagBinding
+from agent.core.backoff import Backoff
+from agent.core.model import Quality, Reading
+from agent.sources.base import SourceContext, TagBinding, connection_env_name
 from agent.sources.opcua.config import OpcUaConnection
 from agent.sources.opcua.errors import LinkError
 from agent.sources.opcua.link import Link, Point

@@ -9,7 +9,7 @@ from typing import Any
 
 from asyncua import ua
 
-from agent.model import Quality, Reading, Scalar
+from agent.core.model import Quality, Reading, Scalar
 
 # Statuses that say the node itself is unusable (gone, not a variable, not for us), rather than
 # its value being bad for now: such a node is set aside and tried again later.

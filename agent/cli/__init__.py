@@ -1,0 +1,1 @@
+"""The prodsmart-edge command line: one module per command."""

@@ -1,0 +1,1 @@
+"""Configuration: YAML with positions, validation before anything connects, secrets, resolved specs."""

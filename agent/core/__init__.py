@@ -1,0 +1,1 @@
+"""Shared values at the bottom of every stage: readings, events, backoff, metrics, config blocks."""

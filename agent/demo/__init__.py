@@ -1,0 +1,1 @@
+"""The live demo: simulated PLCs, a local Prodsmart sandbox and the real agent."""

@@ -1,0 +1,1 @@
+"""Machine logic: readings to events (monotonic totals, run states, parameters); pure, no I/O, no clock."""

@@ -1,0 +1,116 @@
+"""What the machine-logic roles share: notices, the per-machine sink they report into, value coercion."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from agent.core.model import Quality, Reading, Scalar
+
+GOOD = Quality.GOOD
+INF = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something that deserves a metric or a log line; the service turns these into both.
+
+    kinds: "reset", "wrap", "jump_rejected", "bad_value", "duplicate", "reset_pending"
+    (a drop held until the next reading confirms it), "glitch" (a drop the next reading
+    refuted), "rebaseline" (a counter's tag changed: new baseline, total kept),
+    "state_invalid" (a persisted state could not be used).
+    """
+
+    kind: str
+    machine: str
+    role: str  # "count", "waste:Scrap", "running", "stop_reason", "param:temperature"
+    detail: str = ""
+
+
+class Sink:
+    """One machine's accumulators: roles report into it, the `Logic` turns it into events.
+
+    Roles never build events themselves so that one reading touching several roles of a
+    machine yields at most one event of each kind.
+    """
+
+    __slots__ = ("code", "count_grew", "dirty", "notices", "params", "wake", "waste_grew")
+
+    def __init__(self, code: str, notices: list[Notice], dirty: set[str]) -> None:
+        self.code = code
+        self.notices = notices  # shared by every machine of one Logic
+        self.dirty = dirty  # shared: codes of machines whose persisted state changed
+        self.count_grew = False
+        self.waste_grew: list[str] = []
+        self.params: dict[str, Scalar] | None = None
+        self.wake = INF  # earliest new deadline a role asked for during this call
+
+    def notice(self, kind: str, role: str, detail: str = "") -> None:
+        self.notices.append(Notice(kind, self.code, role, detail))
+
+    def changed(self) -> None:
+        self.dirty.add(self.code)
+
+    def wake_at(self, when: float) -> None:
+        if when < self.wake:
+            self.wake = when
+
+
+def unusable(reading: Reading) -> str | None:
+    """Why a reading must not change any state (quality, read error), or None if it may."""
+    if reading.error is not None:
+        return f"read error: {reading.error}"
+    if reading.quality is not GOOD:
+        return f"quality {reading.quality.value}"
+    return None
+
+
+def count_of(value: Any) -> int | None:
+    """A counter value as a non-negative integer, None if it is not one.
+
+    Floats are floored, except that float noise just below an integer (11.9999999999) rounds
+    to it; numeric strings ("12", "12.0") are accepted; booleans are not counts.
+    """
+    kind = type(value)
+    if kind is int:
+        return value if value >= 0 else None
+    if kind is float:
+        return _floor(value)
+    if kind is str:
+        text = value.strip()
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                return _floor(float(text))
+            except ValueError:
+                return None
+        return number if number >= 0 else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return count_of(int(value) if isinstance(value, int) else float(value))
+
+
+def _floor(value: float) -> int | None:
+    if not math.isfinite(value) or value < 0:
+        return None
+    near = round(value)
+    if abs(value - near) <= 1e-9 * max(1.0, value):
+        return int(near)
+    return math.floor(value)
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def as_int(value: Any) -> int | None:
+    """A persisted integer (JSON gives int; bools are refused), else None."""
+    return value if type(value) is int else None
+
+
+def as_float(value: Any) -> float | None:
+    if type(value) in (int, float) and math.isfinite(value):
+        return float(value)
+    return None

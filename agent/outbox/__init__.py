@@ -1,0 +1,1 @@
+"""The outbox: logic state and its calls in one SQLite transaction; order, coalescing, dead letters."""

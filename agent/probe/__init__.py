@@ -1,0 +1,1 @@
+"""Commissioning probes: read, browse and watch a PLC or broker from the command line."""

@@ -1,0 +1,1 @@
+"""The running agent: wiring, the pipeline, systemd, metrics and HTTP endpoints, logging."""

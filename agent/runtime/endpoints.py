@@ -1,0 +1,137 @@
+"""Operations around a running agent: /metrics and /healthz, gauges, and systemd status/watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agent.config.specs import machine_tags
+from agent.outbox.types import StorageError
+from agent.runtime.service import Agent
+from agent.runtime.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY = 2.0  # seconds between gauge/STATUS refreshes
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    healthy: bool
+    problems: tuple[str, ...]
+    depth: int
+    oldest_pending: float
+    connections_up: int
+    connections: int
+
+
+async def assess(agent: Agent) -> Health:
+    """What /healthz, STATUS= and the queue gauges report, from one look at the agent."""
+    now = time.time()
+    cfg = agent.config
+    problems: list[str] = []
+    depth, oldest = 0, 0.0
+    if agent.outbox is not None:
+        try:
+            for s in await agent.outbox.stats(now):  # also refreshes the queue gauges
+                depth += s.depth
+                oldest = max(oldest, s.oldest_pending_age or 0.0)
+        except StorageError as exc:
+            problems.append(f"database: {exc}")
+    if agent.pipeline is not None and agent.pipeline.storage_problem is not None:
+        problems.append(f"database refuses commits: {agent.pipeline.storage_problem}")
+    up = 0
+    for name, state in agent.connections.items():
+        if state.up:
+            up += 1
+        elif now - state.since > cfg.health.max_connection_down:
+            problems.append(f"connection {name} down for {now - state.since:.0f}s: {state.reason}")
+    if oldest > cfg.health.max_pending_age:
+        problems.append(f"oldest queued call waiting {oldest:.0f}s")
+    if agent.uplink is not None and agent.uplink.paused == "auth":
+        problems.append("Prodsmart refuses the API credentials")
+    return Health(not problems, tuple(problems), depth, oldest, up, len(agent.connections))
+
+
+def live_status(agent: Agent) -> dict[str, object]:
+    """Connections and the last reading of every tag, by machine role (for `status`)."""
+    now = time.time()
+    last = agent.pipeline.last if agent.pipeline is not None else {}
+    connections = {name: {"up": c.up, "since": c.since, "reason": c.reason}
+                   for name, c in agent.connections.items()}
+    machines: dict[str, dict[str, object]] = {}
+    for code, m in agent.config.machines.items():
+        roles: dict[str, object] = {}
+        for role, key in machine_tags(m):
+            r = last.get((m.connection, key))
+            roles[role] = None if r is None else {
+                "value": r.value, "quality": r.quality.value, "age": round(now - r.received_time, 1)}
+        machines[code] = roles
+    return {"connections": connections, "machines": machines, "paused": agent.uplink.paused
+            if agent.uplink is not None else None}
+
+
+async def _handle(agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        request = await asyncio.wait_for(reader.readline(), 5.0)
+        while (await asyncio.wait_for(reader.readline(), 5.0)) not in (b"\r\n", b"\n", b""):
+            pass
+        parts = request.decode("latin-1").split()
+        path = parts[1] if len(parts) > 1 else "/"
+        if path.startswith("/metrics"):
+            status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(agent.metrics.registry)
+        elif path.startswith("/status"):
+            status, ctype = 200, "application/json"
+            body = json.dumps(live_status(agent)).encode()
+        elif path.startswith("/healthz"):
+            health = await assess(agent)
+            status = 200 if health.healthy else 503
+            ctype = "application/json"
+            body = json.dumps({"healthy": health.healthy, "problems": health.problems,
+                               "queue_depth": health.depth, "oldest_pending_seconds": health.oldest_pending,
+                               "connections_up": health.connections_up,
+                               "connections": health.connections}).encode()
+        else:
+            status, ctype, body = 404, "text/plain", b"not found: try /metrics or /healthz\n"
+        reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+        head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+    except (TimeoutError, ConnectionError, UnicodeError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def serve_http(agent: Agent, listen: str) -> asyncio.Server:
+    host, _, port = listen.rpartition(":")
+    return await asyncio.start_server(lambda r, w: _handle(agent, r, w), host.strip("[]"), int(port))
+
+
+async def supervise(agent: Agent, notifier: Notifier) -> None:
+    """Refresh gauges and STATUS=; ping the watchdog only while the pipeline commits on time."""
+    interval = notifier.watchdog_interval()
+    period = min(STATUS_EVERY, interval) if interval else STATUS_EVERY
+    while True:
+        try:
+            health = await assess(agent)
+            alert = f"; ALERT: {'; '.join(health.problems)}" if health.problems else ""
+            notifier.notify(f"STATUS=connections up {health.connections_up}/{health.connections}, "
+                            f"queued calls {health.depth}, oldest {health.oldest_pending:.0f}s{alert}")
+        except Exception as exc:  # the supervisor must outlive a failing status read
+            log.debug("status refresh failed: %s", exc)
+        # The watchdog only asks whether the event loop and the pipeline go round: a database
+        # that refuses writes is an alert (STATUS, /healthz), not a reason to be restarted.
+        pipeline = agent.pipeline
+        stalled = pipeline is not None and time.monotonic() - pipeline.last_cycle > 30.0
+        if interval and not stalled:
+            notifier.notify("WATCHDOG=1")
+        await asyncio.sleep(period)

@@ -1,0 +1,1 @@
+"""The uplink: drains the outbox to Prodsmart (auth, rate limit, retries, outcomes)."""

@@ -1,0 +1,441 @@
+"""The SQLite outbox: lanes, coalescing, parameters, offsets, dead letters, crash safety, storage errors."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.core.metrics import Metrics
+from agent.core.model import CounterChanged, ParametersChanged, RunStateChanged
+from agent.outbox.store import Call, Outbox, StorageError
+
+
+def bodies(calls: list[Call]) -> list[tuple[str, str, dict[str, object]]]:
+    return [(c.machine, c.kind, dict(c.body)) for c in calls]
+
+
+async def send_head(box: Outbox, machine: str) -> Call:
+    """Take the machine's head call as the uplink would (marks it attempted and in flight)."""
+    head = next(h for h in await box.heads() if h.machine == machine)
+    call = await box.begin_attempt(head)
+    assert call is not None
+    return call
+
+
+async def deliver(box: Outbox, machine: str) -> Call:
+    call = await send_head(box, machine)
+    await box.ack(call, 100.0)
+    return call
+
+
+# ---------------------------------------------------------------- lanes and coalescing
+
+
+async def test_calls_of_a_machine_keep_event_order(box: Outbox) -> None:
+    await box.commit({}, [
+        CounterChanged("A", 5),
+        RunStateChanged("A", False, "Maintenance"),
+        RunStateChanged("B", False, "Stopped"),
+        CounterChanged("A", 7),
+        RunStateChanged("A", True, "Maintenance"),
+    ], now=1.0)
+    assert bodies(await box.queued()) == [
+        ("A", "counter", {"count": 5}),
+        ("A", "startstop", {"type": "Maintenance", "running": 0}),
+        ("A", "counter", {"count": 7}),
+        ("A", "startstop", {"type": "Maintenance", "running": 1}),
+        ("B", "startstop", {"type": "Stopped", "running": 0}),
+    ]
+    assert [(h.machine, h.kind) for h in await box.heads()] == [("A", "counter"), ("B", "startstop")]
+
+
+async def test_counter_events_coalesce_into_the_newest_call(box: Outbox) -> None:
+    for i in range(1, 101):
+        waste = {"Scrap": i // 10} if i % 10 == 0 else {}
+        if i == 50:
+            waste["Burr"] = 3
+        await box.commit({}, [CounterChanged("A", i, waste)], now=float(i))
+    await box.commit({}, [CounterChanged("A", None, {"Burr": 4})], now=101.0)
+    assert bodies(await box.queued()) == [
+        ("A", "counter", {"count": 100, "waste": [{"code": "Burr", "quantity": 4},
+                                                  {"code": "Scrap", "quantity": 10}]}),
+    ]
+    (call,) = await box.queued()
+    assert call.created == 1.0  # its age is the age of the oldest count it carries
+
+
+async def test_coalescing_never_crosses_a_startstop(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 1), CounterChanged("A", 2)], now=1.0)
+    await box.commit({}, [RunStateChanged("A", False, "Stopped"), CounterChanged("A", 3)], now=2.0)
+    await box.commit({}, [CounterChanged("A", 4), RunStateChanged("A", True, "Stopped")], now=3.0)
+    await box.commit({}, [CounterChanged("A", 5)], now=4.0)
+    assert [c.body.get("count", c.body.get("running")) for c in await box.queued()] == [2, 0, 4, 1, 5]
+
+
+async def test_an_attempted_call_is_frozen(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 10, {"Scrap": 1})], now=1.0)
+    sent = await send_head(box, "A")
+    await box.commit({}, [CounterChanged("A", 12, {"Scrap": 2})], now=2.0)
+    await box.attempt_failed(sent, unknown=True)
+    calls = await box.queued("A")
+    assert bodies(calls) == [
+        ("A", "counter", {"count": 10, "waste": [{"code": "Scrap", "quantity": 1}]}),
+        ("A", "counter", {"count": 12, "waste": [{"code": "Scrap", "quantity": 2}]}),
+    ]
+    again = await send_head(box, "A")
+    assert again.id == sent.id and again.body == sent.body
+    assert again.unknown and again.attempts == 2
+
+
+async def test_many_machines_in_one_commit(box: Outbox) -> None:
+    events = [CounterChanged(f"M{m:03}", n) for n in range(1, 11) for m in range(100)]
+    states = {f"M{m:03}": {"total": 10} for m in range(100)}
+    await box.commit(states, events, now=1.0)
+    calls = await box.queued()
+    assert len(calls) == 100 and all(c.body == {"count": 10} for c in calls)
+    assert (await box.load_states())["M042"] == {"total": 10}
+
+
+# ---------------------------------------------------------------- parameters
+
+
+async def test_parameters_keep_the_newest_value_and_ride_on_the_counter_call(box: Outbox) -> None:
+    await box.commit({}, [ParametersChanged("A", {"temp": 20.5, "mode": "auto"})], now=1.0)
+    await box.commit({}, [ParametersChanged("A", {"temp": 21.0, "on": True})], now=2.0)
+    assert await box.pending_parameters("A") == {"temp": 21.0, "mode": "auto", "on": 1}
+    await box.commit({}, [CounterChanged("A", 7)], now=3.0)
+    assert [h.kind for h in await box.heads()] == ["counter"]  # not a parameters call: the lane is busy
+    call = await send_head(box, "A")
+    assert call.body == {"count": 7, "parameters": [
+        {"name": "mode", "value": "auto"}, {"name": "on", "value": 1}, {"name": "temp", "value": 21.0}]}
+    # A newer value that arrives while the call is in flight must survive its acknowledgement.
+    await box.commit({}, [ParametersChanged("A", {"temp": 22.0})], now=4.0)
+    await box.ack(call, 5.0)
+    assert await box.pending_parameters("A") == {"temp": 22.0}
+
+
+async def test_parameters_alone_go_to_the_parameters_endpoint(box: Outbox) -> None:
+    await box.commit({}, [ParametersChanged("A", {"temp": 20}), ParametersChanged("A", {"temp": 21}),
+                          RunStateChanged("B", False, "Stopped")], now=1.0)
+    heads = await box.heads()
+    assert [(h.machine, h.kind) for h in heads] == [("B", "startstop"), ("A", "parameters")]
+    call = await send_head(box, "A")
+    assert call.kind == "parameters" and call.body == {"parameters": [{"code": "temp", "value": 21}]}
+    await box.ack(call, 2.0)
+    assert await box.pending_parameters("A") == {}
+    assert [h.machine for h in await box.heads()] == ["B"]
+
+
+async def test_unusable_parameter_values_are_left_out(box: Outbox) -> None:
+    await box.commit({}, [ParametersChanged("A", {"nan": float("nan"), "ok": 1.5})], now=1.0)
+    assert await box.pending_parameters("A") == {"ok": 1.5}
+
+
+# ---------------------------------------------------------------- offsets, acked values, rebase
+
+
+async def test_the_offset_is_added_to_the_count_only(box: Outbox) -> None:
+    assert await box.rebase("A", 1000) == 1000  # no total yet: the next count is 1000 + total
+    await box.commit({}, [CounterChanged("A", 5, {"Scrap": 2})], now=1.0)
+    assert bodies(await box.queued()) == [
+        ("A", "counter", {"count": 1005, "waste": [{"code": "Scrap", "quantity": 2}]})]
+
+
+async def test_nothing_at_or_below_what_prodsmart_holds_is_sent(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 10, {"Scrap": 3, "Burr": 1})], now=1.0)
+    await deliver(box, "A")
+    stats = (await box.stats(2.0))[0]
+    assert (stats.acked_count, dict(stats.acked_waste)) == (10, {"Scrap": 3, "Burr": 1})
+    await box.commit({}, [CounterChanged("A", 10, {"Scrap": 4, "Burr": 1})], now=3.0)
+    assert bodies(await box.queued()) == [("A", "counter", {"waste": [{"code": "Scrap", "quantity": 4}]})]
+    await box.commit({}, [CounterChanged("A", 9, {"Burr": 1})], now=4.0)  # nothing greater: nothing new
+    assert len(await box.queued()) == 1
+
+
+async def test_rebase_makes_the_next_count_greater_than_prodsmarts(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 40)], now=1.0)
+    await deliver(box, "A")
+    await box.commit({}, [CounterChanged("A", 50, {"Scrap": 1})], now=2.0)  # queued, not attempted
+    offset = await box.rebase("A", 5000)
+    assert offset == 5000 - 50
+    # The queued count is at or below 5000 now: dropped; its waste still goes.
+    assert bodies(await box.queued()) == [("A", "counter", {"waste": [{"code": "Scrap", "quantity": 1}]})]
+    await box.commit({}, [CounterChanged("A", 51)], now=3.0)
+    assert (await box.queued())[0].body["count"] == 5001
+    stats = (await box.stats(4.0))[0]
+    assert (stats.offset, stats.acked_count) == (offset, 5000)
+
+
+async def test_rebase_never_goes_below_an_acknowledged_count(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 300)], now=1.0)
+    await deliver(box, "A")
+    assert await box.rebase("A", 100) == 0  # Prodsmart holds 300: the offset stays so counts go above
+    await box.commit({}, [CounterChanged("A", 301)], now=2.0)
+    assert (await box.queued())[0].body == {"count": 301}
+
+
+async def test_waste_without_count_is_sent_by_default(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", None, {"Scrap": 2})], now=1.0)
+    assert bodies(await box.queued()) == [("A", "counter", {"waste": [{"code": "Scrap", "quantity": 2}]})]
+
+
+async def test_waste_without_count_can_be_held_until_a_count(tmp_path: Path) -> None:
+    box = await Outbox.open(str(tmp_path / "a.db"), waste_without_count="hold")
+    try:
+        await box.commit({}, [CounterChanged("A", None, {"Scrap": 2})], now=1.0)
+        await box.commit({}, [RunStateChanged("A", False, "Stopped")], now=2.0)
+        await box.commit({}, [CounterChanged("A", None, {"Scrap": 3, "Burr": 1})], now=3.0)
+        assert bodies(await box.queued()) == [("A", "startstop", {"type": "Stopped", "running": 0})]
+        await box.commit({}, [CounterChanged("A", 8, {"Burr": 2})], now=4.0)
+        # This one merges: the queued call has a count.
+        await box.commit({}, [CounterChanged("A", None, {"Scrap": 4})], now=5.0)
+        assert bodies(await box.queued())[1] == ("A", "counter", {
+            "count": 8, "waste": [{"code": "Burr", "quantity": 2}, {"code": "Scrap", "quantity": 4}]})
+    finally:
+        await box.close()
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+async def test_dead_letters_can_be_listed_retried_and_dropped(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 10, {"Scrap": 1}), RunStateChanged("A", False, "Bogus"),
+                          CounterChanged("A", 20, {"Scrap": 2})], now=1.0)
+    first = await send_head(box, "A")
+    dead_id = await box.dead_letter(first, 400, "x" * 5000, now=2.0)
+    stop = await send_head(box, "A")
+    stop_id = await box.dead_letter(stop, 400, "downtime type 'Bogus' is not assigned", now=3.0)
+    await deliver(box, "A")  # count 20, Scrap 2
+    letters = await box.dead_letters()
+    assert [(d.id, d.kind, d.status) for d in letters] == [
+        (dead_id, "counter", 400), (stop_id, "startstop", 400)]
+    assert len(letters[0].response) == 2048 and letters[0].body["count"] == 10
+    assert (await box.stats(4.0))[0].dead_letters == 2
+    await box.commit({}, [CounterChanged("A", 21, {"Scrap": 3})], now=5.0)
+    assert await box.retry_dead_letter(dead_id)
+    # Requeued at the lane's tail, without what Prodsmart already holds (count 10 <= 20, Scrap 1 <= 2).
+    assert await box.retry_dead_letter(stop_id)
+    assert bodies(await box.queued()) == [
+        ("A", "counter", {"count": 21, "waste": [{"code": "Scrap", "quantity": 3}]}),
+        ("A", "startstop", {"type": "Bogus", "running": 0}),
+    ]
+    assert await box.dead_letters() == []
+    assert not await box.retry_dead_letter(dead_id)
+    again = await send_head(box, "A")
+    await box.ack(again, 6.0)
+    letter = await box.dead_letter(await send_head(box, "A"), 400, "no", now=7.0)
+    assert await box.drop_dead_letter(letter) and not await box.drop_dead_letter(letter)
+    assert await box.queued() == [] and await box.dead_letters() == []
+
+
+async def test_a_retried_counter_keeps_what_is_still_greater(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 10, {"Scrap": 5})], now=1.0)
+    letter = await box.dead_letter(await send_head(box, "A"), 422, "?", now=2.0)
+    await box.commit({}, [CounterChanged("A", 12, {"Burr": 1})], now=3.0)
+    await deliver(box, "A")
+    assert await box.retry_dead_letter(letter)
+    assert bodies(await box.queued()) == [("A", "counter", {"waste": [{"code": "Scrap", "quantity": 5}]})]
+
+
+async def test_a_refused_parameters_call_stops_repeating(box: Outbox) -> None:
+    await box.commit({}, [ParametersChanged("A", {"bad": 1, "ok": 2})], now=1.0)
+    letter = await box.dead_letter(await send_head(box, "A"), 400, "unknown parameter bad", now=2.0)
+    assert await box.pending_parameters("A") == {} and await box.heads() == []
+    await box.commit({}, [ParametersChanged("A", {"ok": 3})], now=3.0)
+    assert await box.retry_dead_letter(letter)
+    assert await box.pending_parameters("A") == {"bad": 1, "ok": 3}  # the newer value wins
+
+
+# ---------------------------------------------------------------- crash safety and atomicity
+
+
+async def test_a_reopened_database_has_the_same_states_and_queue(tmp_path: Path) -> None:
+    path = str(tmp_path / "agent.db")
+    box = await Outbox.open(path)
+    await box.commit({"A": {"raw_last": 17, "total": 40}}, [
+        CounterChanged("A", 40), RunStateChanged("A", False, "Stopped"),
+        ParametersChanged("A", {"temp": 3})], now=1.0)
+    in_flight = await send_head(box, "A")  # the process dies while this call is being sent
+    before = await box.queued()
+    await box.close()
+    again = await Outbox.open(path)
+    try:
+        assert await again.load_states() == {"A": {"raw_last": 17, "total": 40}}
+        after = await again.queued()
+        assert bodies(after) == bodies(before)
+        retry = await send_head(again, "A")
+        assert retry.id == in_flight.id and retry.body == in_flight.body
+        assert retry.unknown  # it may have reached Prodsmart before the crash
+    finally:
+        await again.close()
+
+
+async def test_a_commit_is_all_or_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "agent.db")
+    box = await Outbox.open(path)
+    try:
+        await box.commit({"A": {"v": 1}}, [CounterChanged("A", 1)], now=1.0)
+        with sqlite3.connect(path) as raw:  # a real failure half-way through the transaction
+            raw.execute("CREATE TRIGGER boom BEFORE INSERT ON calls WHEN NEW.machine = 'BOOM' "
+                        "BEGIN SELECT RAISE(ABORT, 'injected failure'); END")
+        raw.close()
+        with pytest.raises(StorageError, match="Cannot write the database"):
+            await box.commit({"A": {"v": 2}, "BOOM": {"v": 2}},
+                             [CounterChanged("A", 2), CounterChanged("BOOM", 1)], now=2.0)
+        assert await box.load_states() == {"A": {"v": 1}}
+        assert bodies(await box.queued()) == [("A", "counter", {"count": 1})]
+        await box.commit({"A": {"v": 3}}, [CounterChanged("A", 3)], now=3.0)  # still usable
+        assert bodies(await box.queued()) == [("A", "counter", {"count": 3})]
+    finally:
+        await box.close()
+
+
+async def test_a_full_disk_is_a_storage_error_not_a_loss(tmp_path: Path) -> None:
+    metrics = Metrics()
+    box = await Outbox.open(str(tmp_path / "agent.db"), metrics=metrics)
+    try:
+        await box.commit({"A": {"v": 1}}, [CounterChanged("A", 1)], now=1.0)
+        db = box._db
+        assert db is not None
+        pages = next(iter(await db.execute_fetchall("PRAGMA page_count")))[0]
+        await db.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: as a full disk
+        with pytest.raises(StorageError, match="disk is full"):
+            await box.commit({"A": {"v": 2, "big": "x" * 100_000}}, [CounterChanged("A", 2)], now=2.0)
+        assert await box.load_states() == {"A": {"v": 1}}
+        assert metrics.db_errors._value.get() == 1
+    finally:
+        await box.close()
+
+
+# ---------------------------------------------------------------- storage errors at start-up
+
+
+async def test_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=r"the directory .*nowhere does not exist"):
+        await Outbox.open(str(tmp_path / "nowhere" / "agent.db"))
+
+
+async def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(StorageError, match=r"Cannot open the database at .*: it is not a database .*corrupt"):
+        await Outbox.open(str(path))
+
+
+async def test_a_damaged_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    box = await Outbox.open(str(path))
+    await box.commit({f"M{i}": {"x": "y" * 500} for i in range(200)}, [], now=1.0)
+    await box.close()
+    data = bytearray(path.read_bytes())
+    data[4096 * 3: 4096 * 3 + 200] = b"\xff" * 200  # scribble over a b-tree page
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match=r"Cannot open the database at .*(damaged|corrupt)"):
+        await Outbox.open(str(path))
+
+
+def _open_without_root_rights(path: Path) -> str:
+    """Open the outbox in another process that permission bits apply to, even when tests run as root."""
+    script = ("import asyncio, sys\nfrom agent.outbox.store import Outbox, StorageError\n"
+              "async def main():\n    try:\n        b = await Outbox.open(sys.argv[1])\n"
+              "        await b.close()\n        print('opened')\n"
+              "    except StorageError as e:\n        print(e)\nasyncio.run(main())\n")
+    command = [sys.executable, "-c", script, str(path)]
+    if os.geteuid() == 0:  # root ignores permission bits unless it gives up these capabilities
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=root)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+async def test_a_read_only_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    await (await Outbox.open(str(path))).close()
+    path.chmod(0o444)
+    try:
+        assert _open_without_root_rights(path) == f"Cannot open the database at {path}: it is read-only"
+    finally:
+        path.chmod(0o644)
+
+
+async def test_a_read_only_directory_is_a_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    try:
+        message = _open_without_root_rights(folder / "agent.db")
+    finally:
+        folder.chmod(0o755)
+    assert message == (f"Cannot open the database at {folder}/agent.db: the directory {folder} is read-only "
+                       "(SQLite creates its journal files next to the database)")
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "agent.db")
+    await (await Outbox.open(path)).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE schema_version SET version = 99")
+    raw.close()
+    with pytest.raises(StorageError, match="a newer prodsmart-edge wrote it"):
+        await Outbox.open(path)
+
+
+# ---------------------------------------------------------------- size bound and stats
+
+
+async def test_past_the_size_bound_the_oldest_parameters_go_first(tmp_path: Path) -> None:
+    box = await Outbox.open(str(tmp_path / "agent.db"), max_size_mb=0.25)
+    try:
+        await box.commit({}, [CounterChanged(f"M{m}", 1) for m in range(50)], now=0.0)
+        for i in range(60):  # ~6 kB of parameter values a commit, 360 kB in all
+            await box.commit({}, [ParametersChanged("P", {f"p{i}-{k}": "v" * 1000 for k in range(6)})],
+                             now=float(i + 1))
+        pending = await box.pending_parameters("P")
+        assert 0 < len(pending) < 360
+        kept = sorted({int(code[1:].split("-")[0]) for code in pending})
+        assert kept == list(range(kept[0], 60)) and kept[0] > 0  # the oldest went, the newest stay
+        assert len(await box.queued()) == 50  # calls are never dropped
+    finally:
+        await box.close()
+
+
+async def test_stats_cover_queues_history_and_dead_letters(box: Outbox) -> None:
+    await box.commit({"C": {}}, [CounterChanged("A", 5), RunStateChanged("B", False, "Stopped"),
+                                 ParametersChanged("D", {"t": 1})], now=10.0)
+    await box.commit({}, [CounterChanged("A", 6), RunStateChanged("A", False, "Stopped")], now=20.0)
+    await deliver(box, "B")
+    stats = {s.machine: s for s in await box.stats(now=25.0)}
+    assert sorted(stats) == ["A", "B", "C", "D"]
+    assert (stats["A"].depth, stats["A"].oldest_pending_age) == (2, 15.0)
+    assert (stats["B"].depth, stats["B"].acked_running, stats["B"].oldest_pending_age) == (0, False, None)
+    assert stats["C"].depth == 0 and stats["D"].pending_parameters == 1
+    assert await box.machine_codes() == ["A", "B", "C", "D"]
+
+
+async def test_a_call_that_never_left_thaws_and_merges_with_the_one_behind(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("M1", 10, {"Scrap": 1})], 1.0)
+    call = await send_head(box, "M1")
+    # While it is in flight, more parts: a new call behind it (the one in flight is frozen).
+    await box.commit({}, [CounterChanged("M1", 20, {})], 2.0)
+    assert len(await box.queued("M1")) == 2
+    await box.attempt_failed(call, unknown=False)  # connection refused: it never reached Prodsmart
+    await box.commit({}, [CounterChanged("M1", 30, {})], 3.0)
+    queued = await box.queued("M1")
+    assert len(queued) == 1
+    sent = await send_head(box, "M1")
+    assert dict(sent.body) == {"count": 30, "waste": [{"code": "Scrap", "quantity": 1}]}
+
+
+async def test_a_call_with_an_unknown_outcome_stays_frozen(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("M1", 10, {})], 1.0)
+    call = await send_head(box, "M1")
+    await box.attempt_failed(call, unknown=True)  # a timeout: it may have been applied
+    await box.commit({}, [CounterChanged("M1", 20, {})], 2.0)
+    assert len(await box.queued("M1")) == 2
+    again = await send_head(box, "M1")
+    assert dict(again.body) == {"count": 10} and again.unknown
