@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent.config.loader import load_config
 from agent.config.specs import AgentConfig
-from agent.sources.modbus import probe
+from agent.probe import modbus as probe
 from tests.support.fixtures_modbus import ModbusServer, modbus_server
 
 __all__ = ["modbus_server"]

@@ -7,7 +7,7 @@ import io
 
 from agent.config.loader import parse_config
 from agent.config.specs import AgentConfig
-from agent.sources.mqtt import probe
+from agent.probe import mqtt as probe
 from tests.conftest import free_port
 from tests.support.fixtures_mqtt import Mosquitto, Publisher, Recorder, line, mosquitto, running, until
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.config.loader import parse_config
-from agent.sources.opcua import probe
+from agent.probe import opcua as probe
 from agent.sources.opcua.security import thumbprint
 from tests.conftest import free_port
 from tests.support.fixtures_opcua import NAMESPACE, OpcUaServer, make_pki, opcua_server
