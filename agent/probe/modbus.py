@@ -16,7 +16,8 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from agent.config.specs import AgentConfig, ConnectionSpec, tag_roles
+from agent.config.specs import AgentConfig, ConnectionSpec
+from agent.probe.common import Usage, print_table, roles_of
 from agent.sources.modbus.config import BIT_TABLES, TABLES, ModbusConnection, Table, modicon, parse_modicon
 from agent.sources.modbus.decode import NUMERIC_TYPES, ORDERS, decode, registers_of
 from agent.sources.modbus.link import Link, LinkError
@@ -56,16 +57,13 @@ async def run(args: argparse.Namespace, config: AgentConfig | None, out: TextIO)
         if target is not None:
             return await _read_address(_device(args, config), target, args.count, out)
         if config is None:
-            raise _Usage("give an address (--holding 100, --address 40101 ...) with --host or --serial, "
+            raise Usage("give an address (--holding 100, --address 40101 ...) with --host or --serial, "
                          "or --config to read the configured tags")
         return await _read_tags(_connections(args, config), config, getattr(args, "machine", None), out)
-    except _Usage as exc:
+    except Usage as exc:
         print(f"probe modbus: {exc}", file=out)
         return 2
 
-
-class _Usage(Exception):
-    """The command line does not say what to read or from where."""
 
 
 # ------------------------------------------------------------------------------ choosing
@@ -77,20 +75,20 @@ def _modbus(config: AgentConfig) -> dict[str, ConnectionSpec]:
 
 def _connections(args: argparse.Namespace, config: AgentConfig | None) -> list[ConnectionSpec]:
     if config is None:
-        raise _Usage("--plan and reading configured tags need --config")
+        raise Usage("--plan and reading configured tags need --config")
     conns = _modbus(config)
     machine = getattr(args, "machine", None)
     name = args.connection
     if machine is not None:
         if machine not in config.machines:
-            raise _Usage(f"no machine {machine!r} in {config.path}")
+            raise Usage(f"no machine {machine!r} in {config.path}")
         name = config.machines[machine].connection
     if name is not None:
         if name not in conns:
-            raise _Usage(f"{name!r} is not a Modbus connection of {config.path}")
+            raise Usage(f"{name!r} is not a Modbus connection of {config.path}")
         return [conns[name]]
     if not conns:
-        raise _Usage(f"{config.path} has no Modbus connection")
+        raise Usage(f"{config.path} has no Modbus connection")
     return list(conns.values())
 
 
@@ -100,9 +98,9 @@ def _target(args: argparse.Namespace) -> tuple[Table, int] | None:
         try:
             given.append(parse_modicon(args.address))
         except ValueError as exc:
-            raise _Usage(str(exc)) from None
+            raise Usage(str(exc)) from None
     if len(given) > 1:
-        raise _Usage("give one address: --holding, --input, --coil, --discrete or --address")
+        raise Usage("give one address: --holding, --input, --coil, --discrete or --address")
     return given[0] if given else None
 
 
@@ -111,7 +109,7 @@ def _device(args: argparse.Namespace, config: AgentConfig | None) -> ModbusConne
     settings: dict[str, Any] = {}
     if args.host is None and args.serial is None:
         if config is None:
-            raise _Usage("give --host (Modbus TCP) or --serial (Modbus RTU), or --config and --connection")
+            raise Usage("give --host (Modbus TCP) or --serial (Modbus RTU), or --config and --connection")
         spec = _connections(args, config)[0]
         assert isinstance(spec.config, ModbusConnection)
         settings = spec.config.model_dump(exclude_unset=True)
@@ -120,7 +118,7 @@ def _device(args: argparse.Namespace, config: AgentConfig | None) -> ModbusConne
         return ModbusConnection.model_validate(settings)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'device'}: {e['msg']}" for e in exc.errors())
-        raise _Usage(problems) from None
+        raise Usage(problems) from None
 
 
 # ------------------------------------------------------------------------------ plan
@@ -153,7 +151,7 @@ async def _read_address(device: ModbusConnection, target: tuple[Table, int], cou
     bits = table in BIT_TABLES
     count = count or (16 if bits else 4)
     if count < 1 or offset + count > 65536:
-        raise _Usage("--count must be at least 1 and stay below address 65536")
+        raise Usage("--count must be at least 1 and stay below address 65536")
     block = Block(device.unit, table, offset, count, ())
     link = Link(device, "probe")
     try:
@@ -171,13 +169,13 @@ async def _read_address(device: ModbusConnection, target: tuple[Table, int], cou
         registers = [int(r) for r in data]
         _print_registers(table, offset, registers, out)
         print(f"\nDecoded from {table} {offset} ({modicon(table, offset)}):", file=out)
-        _table(_decodings(registers), out)
+        print_table(_decodings(registers), out)
     return 0
 
 
 def _print_bits(table: Table, offset: int, values: Sequence[bool], out: TextIO) -> None:
     rows = [[str(offset + i), modicon(table, offset + i), "1" if v else "0"] for i, v in enumerate(values)]
-    _table([["offset", "modicon", "value"], *rows], out)
+    print_table([["offset", "modicon", "value"], *rows], out)
 
 
 def _print_registers(table: Table, offset: int, registers: Sequence[int], out: TextIO) -> None:
@@ -185,7 +183,7 @@ def _print_registers(table: Table, offset: int, registers: Sequence[int], out: T
     for i, r in enumerate(registers):
         rows.append([str(offset + i), modicon(table, offset + i), f"0x{r:04X}", str(r),
                      str(decode([r], "int16")), f"{r >> 8:08b} {r & 0xFF:08b}"])
-    _table(rows, out)
+    print_table(rows, out)
 
 
 def _decodings(registers: Sequence[int]) -> list[list[str]]:
@@ -205,18 +203,7 @@ def _fmt(value: int | float | bool | None) -> str:
     return "" if value is None else str(value)
 
 
-def _table(rows: list[list[str]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
-
-
 # ------------------------------------------------------------------------------ configured tags
-
-
-def _roles(config: AgentConfig, connection: str) -> dict[str, list[str]]:
-    """Tag key -> the machine roles it plays, e.g. "PRESS-01 counter"."""
-    return tag_roles(config.machines.values(), connection)
 
 
 async def _read_tags(conns: list[ConnectionSpec], config: AgentConfig, machine: str | None,
@@ -225,7 +212,7 @@ async def _read_tags(conns: list[ConnectionSpec], config: AgentConfig, machine: 
     for spec in conns:
         cfg = spec.config
         assert isinstance(cfg, ModbusConnection)
-        roles = _roles(config, spec.name)
+        roles = roles_of(config, spec.name)
         points = [point_of(t, cfg.unit) for k, t in spec.tags.items()
                   if machine is None or any(r.startswith(machine + " ") for r in roles.get(k, []))]
         print(f"{spec.name}: Modbus {_kind(cfg)} {cfg.endpoint}", file=out)
@@ -245,7 +232,7 @@ async def _read_tags(conns: list[ConnectionSpec], config: AgentConfig, machine: 
             rows.append([", ".join(roles.get(r.point.key, ["-"])), r.point.describe(), _type(r.point),
                          _order(r.point), _raw(r.raw), value])
             failed += r.error is not None
-        _table(rows, out)
+        print_table(rows, out)
     return 1 if failed else 0
 
 

@@ -22,6 +22,7 @@ from typing import TextIO
 import paho.mqtt.client as mqtt
 
 from agent.config.specs import AgentConfig, ConnectionSpec, MachineSpec, tag_roles
+from agent.probe.common import Usage
 from agent.sources.mqtt.config import MqttConnection, MqttTag, MqttTls
 from agent.sources.mqtt.link import LinkError, LinkSettings, MqttLink
 from agent.sources.mqtt.payload import Decoder, PayloadError
@@ -51,9 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--messages", type=int, default=0, help="stop after this many messages")
 
 
-class _Usage(Exception):
-    """The command line does not say which broker to watch."""
-
 
 @dataclass(frozen=True, slots=True)
 class _Watch:
@@ -67,7 +65,7 @@ class _Watch:
 async def run(args: argparse.Namespace, config: AgentConfig | None, out: TextIO) -> int:
     try:
         conn, name, watches = _plan(args, config)
-    except _Usage as exc:
+    except Usage as exc:
         print(f"probe mqtt: {exc}", file=out)
         return 2
     settings = _settings(args, conn, name)
@@ -98,14 +96,14 @@ def _plan(args: argparse.Namespace, config: AgentConfig | None
     """The connection settings, its name in the configuration, and the (filter, watch) pairs."""
     if args.topic or config is None:
         if args.host is None and config is None:
-            raise _Usage("give --host (and --topic, default #), or --config to watch the configured topics")
+            raise Usage("give --host (and --topic, default #), or --config to watch the configured topics")
         spec = _connection(args, config) if config is not None and args.host is None else None
         conn = spec.config if spec is not None else MqttConnection.model_validate({"host": args.host})
         assert isinstance(conn, MqttConnection)
         for topic in args.topic or ():
             problem = filter_problem(topic)
             if problem is not None:
-                raise _Usage(f"--topic {topic}: {problem}")
+                raise Usage(f"--topic {topic}: {problem}")
         watch = _Watch("(payload)", Decoder(args.json, None), raw=True)
         return conn, spec.name if spec else None, [(t, watch) for t in args.topic or ["#"]]
     spec = _connection(args, config)
@@ -120,7 +118,7 @@ def _plan(args: argparse.Namespace, config: AgentConfig | None
         decoder = Decoder(tag.json_path, tag.type, numeric=numeric, id_path=tag.id, time_path=tag.timestamp)
         watches += [(tag.topic, _Watch(label, decoder)) for label in labels[key]]
     if not watches:
-        raise _Usage(f"no MQTT tag of {args.machine or spec.name} in the configuration")
+        raise Usage(f"no MQTT tag of {args.machine or spec.name} in the configuration")
     return spec.config, spec.name, watches
 
 
@@ -130,15 +128,15 @@ def _connection(args: argparse.Namespace, config: AgentConfig) -> ConnectionSpec
     if getattr(args, "machine", None):
         machine = config.machines.get(args.machine)
         if machine is None:
-            raise _Usage(f"no machine {args.machine!r} in the configuration")
+            raise Usage(f"no machine {args.machine!r} in the configuration")
         wanted = machine.connection
     if wanted is not None:
         if wanted not in mqtt_conns:
-            raise _Usage(f"{wanted!r} is not an MQTT connection of the configuration")
+            raise Usage(f"{wanted!r} is not an MQTT connection of the configuration")
         return mqtt_conns[wanted]
     if len(mqtt_conns) != 1:
         names = ", ".join(mqtt_conns) or "none"
-        raise _Usage(f"choose a connection with --connection or --machine (MQTT connections: {names})")
+        raise Usage(f"choose a connection with --connection or --machine (MQTT connections: {names})")
     return next(iter(mqtt_conns.values()))
 
 
