@@ -3,7 +3,7 @@
 `Logic.apply(reading, now)` routes a reading by (connection, tag key) to every machine role
 bound to it and returns the events it caused; `Logic.tick(now)` returns the events that time
 alone causes (debounce, idle, parameter intervals). The rules live in the role modules:
-`logic_counter` (totals), `logic_run` (run states), `logic_param` (parameters).
+`counter` (totals), `runstate` (run states), `parameter` (parameters).
 
 Events of one machine come out in the order they happened: a run-state change that became
 due before a reading goes out before that reading's counts, and a start caused by counting

@@ -1,7 +1,7 @@
 """How one machine's events become queued calls: coalescing, offsets and the never-backwards guard.
 
 Pure and synchronous (the outbox feeds it rows and writes back what it returns), so that the
-rules of DESIGN.md "The one rule" live in one small, testable place:
+rules of docs/design.md "Order and coalescing" live in one small, testable place:
 - a counter event merges into the newest queued counter call of its machine, unless a
   startstop call was queued after it or it was already attempted (its body is frozen);
 - a count or waste quantity never goes out unless it is greater than the last one

@@ -150,8 +150,8 @@ def _credentials(args: argparse.Namespace, spec: ConnectionSpec | None, cfg: Opc
     assert name is not None
     username, password = connection_secret(name, "username"), connection_secret(name, "password")
     if username is None or password is None:
-        raise Usage(f"connection {name} logs in with a user name: set its secrets (see the README) or "
-                     f"give --username")
+        raise Usage(f"connection {name} logs in with a user name: set its secrets "
+                    f"(see docs/configuration.md) or give --username")
     return Credentials(username, password, key_password)
 
 

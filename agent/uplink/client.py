@@ -8,7 +8,7 @@ in `_settle`, into an outcome for the outbox:
 - 429: every lane waits for Retry-After; 401/403: every lane waits (bad credentials never turn
   the queue into dead letters), probing again about once a minute;
 - a 400 "not increasing" to a counter call that an earlier attempt with an unknown outcome
-  may already have applied: delivered (DESIGN.md, the one rule, point 4);
+  may already have applied: delivered (docs/design.md, "Not increasing" after an unknown outcome);
 - any other 4xx: dead letter, and the lane goes on.
 """
 

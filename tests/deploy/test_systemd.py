@@ -1,4 +1,4 @@
-"""The deployment files: the systemd unit agrees with the README, and is verified by systemd."""
+"""The deployment files: the systemd unit agrees with docs/deployment.md, and is verified by systemd."""
 
 from __future__ import annotations
 
@@ -11,22 +11,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = (ROOT / "systemd" / "prodsmart-edge.service").read_text()
-README = (ROOT / "README.md").read_text()
+DEPLOYMENT = (ROOT / "docs" / "deployment.md").read_text()
 
 
 def _directives(name: str) -> list[str]:
     return re.findall(rf"^{name}=(.*)$", UNIT, flags=re.MULTILINE)
 
 
-def test_unit_paths_match_the_readme() -> None:
+def test_unit_paths_match_the_deployment_doc() -> None:
     paths = set(re.findall(r"(/(?:opt|etc|var)/prodsmart-edge[\w./-]*)", UNIT))
     assert "/opt/prodsmart-edge/bin/prodsmart-edge" in paths
     assert "/etc/prodsmart-edge/agent.yaml" in paths
     for path in paths:
-        assert path in README, f"{path} is in the unit but not in the README"
-    # The state directory systemd creates is where the README puts the database.
+        assert path in DEPLOYMENT, f"{path} is in the unit but not in docs/deployment.md"
+    # The state directory systemd creates is where the deployment doc puts the database.
     assert _directives("StateDirectory") == ["prodsmart-edge"]
-    assert "/var/lib/prodsmart-edge/agent.db" in README
+    assert "/var/lib/prodsmart-edge/agent.db" in DEPLOYMENT
 
 
 def test_unit_is_a_hardened_notify_service() -> None:

@@ -1,6 +1,6 @@
 """Turning an MQTT payload into a value: plain text or JSON with a path, typed; PayloadError if unusable.
 
-Rules (the README's "Payloads" section describes them for technicians):
+Rules (docs/mqtt.md, "MQTT tags", describes them for technicians):
 - Without `json`, the payload is text: a number (`42`, `-1.5e3`), a boolean word (`true/false`,
   `on/off`, `yes/no`, `run/stop`, `running/stopped`, `start/started`), or any other text.
 - With `json`, the payload is a JSON document and the path (`count`, `data.counters.good`,
