@@ -40,8 +40,9 @@ restore() {
 }
 trap restore ERR
 "$python" -m venv "$prefix"
-"$prefix/bin/python" -m pip install --quiet --no-index --no-cache-dir --disable-pip-version-check \
-  --find-links "$here/wheels" "$wheel"
+# Only this bundle's wheels: no index, and no pip configuration of the machine (its find-links).
+PIP_CONFIG_FILE=/dev/null "$prefix/bin/python" -m pip install --isolated --quiet --no-index --no-cache-dir \
+  --disable-pip-version-check --find-links "$here/wheels" "$wheel"
 "$prefix/bin/prodsmart-edge" --version
 trap - ERR
 
