@@ -47,6 +47,8 @@ install -m 0644 "$root/systemd/prodsmart-edge.service" "$out/prodsmart-edge.serv
 install -m 0644 "$root/config/agent.example.yaml" "$out/agent.example.yaml"
 install -m 0644 "$root/Dockerfile" "$out/Dockerfile"
 version="$(basename "$wheel" | cut -d- -f2)"
+# What install.sh checks the line PC's python3 against (the compiled wheels fit only that).
+echo "$target_python $target_arch" > "$out/TARGET"
 cat > "$out/README.txt" <<TXT
 prodsmart-edge $version offline bundle: CPython $target_python, $target_arch ($(date -u +%Y-%m-%d)).
 Install or upgrade on the line PC (no network needed):  sudo ./install.sh

@@ -24,6 +24,12 @@ wheel="$(ls "$here"/wheels/prodsmart_edge-*.whl 2>/dev/null | head -n1)" \
 command -v "$python" >/dev/null || fail "$python is not installed (Debian: apt-get install python3 python3-venv)"
 "$python" -c 'import ensurepip, venv' 2>/dev/null \
   || fail "$python cannot create a venv (Debian: apt-get install python3-venv)"
+if [ -f "$here/TARGET" ]; then
+  read -r want_python want_arch < "$here/TARGET"
+  have="$("$python" -c 'import platform, sys; print("%d.%d %s" % (*sys.version_info[:2], platform.machine()))')"
+  [ "$have" = "$want_python $want_arch" ] || fail "this bundle is for Python $want_python on $want_arch, but \
+$python is Python $have: build one for this PC (TARGET_PYTHON=${have% *} TARGET_ARCH=${have#* } packaging/bundle.sh)"
+fi
 if [ "$venv_only" = no ] && command -v systemctl >/dev/null \
    && systemctl is-active --quiet prodsmart-edge 2>/dev/null; then
   fail "the prodsmart-edge service is running: stop it first (systemctl stop prodsmart-edge)"
