@@ -179,8 +179,8 @@ def test_a_database_of_a_newer_version_is_refused_and_left_untouched(
     config = tmp_path / "agent.yaml"
     config.write_text(AGENT_PROLOGUE.format(url="http://127.0.0.1:9", db=db, metrics_port=free_port())
                       + MACHINES.format(modbus_port=free_port()), encoding="utf-8")
-    for command in ("run", "status"):
-        done = subprocess.run([sys.executable, "-m", "agent", command, str(config)], cwd=ROOT,
+    for command in (["run", str(config)], ["status", str(config)], ["dead-letters", str(config), "list"]):
+        done = subprocess.run([sys.executable, "-m", "agent", *command], cwd=ROOT,
                               env=agent_env(), capture_output=True, text=True, timeout=60)
         assert done.returncode == 1, (command, done.stdout, done.stderr)
         assert "a newer prodsmart-edge wrote it" in done.stderr, (command, done.stderr)
