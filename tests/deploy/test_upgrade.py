@@ -92,6 +92,32 @@ def test_the_fixtures_are_release_databases_this_version_can_upgrade() -> None:
         assert kinds == {"counter", "startstop"} and manifest["dead_letters"] and manifest["states"]
 
 
+def _layout(db: Path) -> dict[str, Any]:
+    """Every table, index and trigger, with each table's columns (name, type, not null, default, key)."""
+    with sqlite3.connect(f"file:{db}?immutable=1", uri=True) as conn:
+        names = conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+        layout = {f"{kind} {name}": [tuple(c[1:]) for c in conn.execute(f"PRAGMA table_info('{name}')")]
+                  if kind == "table" else [] for kind, name in names}
+    conn.close()
+    return layout
+
+
+def test_a_migrated_release_database_has_the_layout_of_a_new_one(
+    release: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    db = release[0]
+    fresh = tmp_path / "fresh.db"
+    asyncio.run(_open_close(db))
+    asyncio.run(_open_close(fresh))
+    assert _version(db) == _version(fresh) == SCHEMA_VERSION
+    assert _layout(db) == _layout(fresh)
+
+
+async def _open_close(db: Path) -> None:
+    box = await Outbox.open(str(db))
+    await box.close()
+
+
 @pytest.mark.timeout(150)
 def test_an_upgrade_delivers_the_queue_exactly_once_and_keeps_the_rest(
     release: tuple[Path, dict[str, Any]], sandbox: Sandbox, modbus_server: Any, tmp_path: Path
