@@ -24,6 +24,11 @@ for minor in 36 35 34 33 32 31 28 27 26 17; do
 done
 platforms+=(--platform "manylinux2014_${target_arch}" --platform "linux_${target_arch}")
 
+# Replacing OUTDIR: only an earlier bundle, never a folder of something else (`bundle.sh .`).
+if [ -e "$out" ] && [ -n "$(ls -A "$out")" ] && [ ! -f "$out/TARGET" ]; then
+  echo "bundle.sh: $out exists and is not a bundle: give a new or empty folder" >&2
+  exit 1
+fi
 rm -rf "$out"
 mkdir -p "$out/wheels"
 work="$(mktemp -d)"
