@@ -17,11 +17,19 @@ build="${BUILD_DIR:-$root/build/image}"
 suite=bookworm
 base_tag=localhost/prodsmart-edge-base:$suite
 image=localhost/prodsmart-edge:latest
-podman_build=(podman build --isolation chroot --format docker)
+# --layers=false: no build-stage images left behind (CI builds from nothing anyway).
+podman_build=(podman build --isolation chroot --format docker --layers=false)
 mkdir -p "$build"
 build="$(cd "$build" && pwd)"
 t0=$SECONDS
 elapsed() { echo "$((SECONDS - $1)) s"; }
+image_id() { podman image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
+# The image a new build replaced is left untagged: remove it (unless something still uses it).
+drop_replaced() {
+  if [ -n "$2" ] && [ "$2" != "$(image_id "$1")" ]; then
+    podman rmi "$2" >/dev/null 2>&1 || true
+  fi
+}
 
 # The host's Debian sources for $suite (main, updates, security) as one deb822 file; other
 # repositories (vendors' apt repos) are left out.
@@ -65,6 +73,7 @@ elif [ -z "${REBUILD_BASE:-}" ] && podman image exists "$base_tag"; then
   echo "reusing $base (REBUILD_BASE=1 rebuilds it)"
 else
   base="$base_tag"
+  old_base="$(image_id "$base")"
   mirrors=()
   if [ -n "${DEBIAN_MIRROR:-}" ]; then
     mirrors=("$DEBIAN_MIRROR")
@@ -85,12 +94,15 @@ else
     "$suite" "$build/base.tar" "${mirrors[@]}"
   podman import --change 'CMD ["/bin/bash"]' "$build/base.tar" "$base" >/dev/null
   rm -f "$build/base.tar"
+  drop_replaced "$base" "$old_base"
 fi
 echo "base $base: $(podman image inspect --format '{{.Size}}' "$base" | awk '{printf "%.0f MB", $1/1e6}'), $(elapsed $t)"
 
 echo "== 3/4 the image $image"
 t=$SECONDS
+old_image="$(image_id "$image")"
 "${podman_build[@]}" --build-arg "BASE=$base" -f "$root/Dockerfile" -t "$image" "$bundle"
+drop_replaced "$image" "$old_image"
 echo "image $image: $(podman image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}'), $(elapsed $t)"
 
 echo "== 4/4 the smoke stage"
@@ -108,7 +120,7 @@ for s in socks:
 print(*(s.getsockname()[1] for s in socks))')
 sed -e "s/@SANDBOX_PORT@/$sandbox_port/" -e "s/@METRICS_PORT@/$metrics_port/" \
   "$root/packaging/smoke/agent.smoke.yaml" > "$smoke/agent.yaml"
-"${podman_build[@]}" --no-cache --build-arg "IMAGE=$image" -f "$root/packaging/smoke/Containerfile" \
+"${podman_build[@]}" --build-arg "IMAGE=$image" -f "$root/packaging/smoke/Containerfile" \
   -t localhost/prodsmart-edge-smoke:latest "$smoke"
 podman rmi localhost/prodsmart-edge-smoke:latest >/dev/null
 echo "smoke: $(elapsed $t)"
