@@ -25,7 +25,7 @@ done
 platforms+=(--platform "manylinux2014_${target_arch}" --platform "linux_${target_arch}")
 
 # Replacing OUTDIR: only an earlier bundle, never a folder of something else (`bundle.sh .`).
-if [ -e "$out" ] && [ -n "$(ls -A "$out")" ] && [ ! -f "$out/TARGET" ]; then
+if [ -e "$out" ] && [ -n "$(ls -A "$out")" ] && [ ! -f "$out/TARGET" ] && [ ! -d "$out/wheels" ]; then
   echo "bundle.sh: $out exists and is not a bundle: give a new or empty folder" >&2
   exit 1
 fi
