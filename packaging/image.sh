@@ -111,6 +111,12 @@ smoke="$build/smoke"
 rm -rf "$smoke"
 mkdir -p "$smoke"
 cp "$root/packaging/smoke/smoke.py" "$smoke/"
+# The image's HEALTHCHECK (kept only in the docker format), for the smoke stage to run it.
+podman image inspect --format '{{json .Config.Healthcheck}}' "$image" > "$smoke/healthcheck.json"
+if ! grep -q '"Test"' "$smoke/healthcheck.json"; then
+  echo "image.sh: the image has no HEALTHCHECK (was it built in the OCI format?)" >&2
+  exit 1
+fi
 # Two free loopback ports (chroot builds share this machine's network): the sandbox, the metrics.
 read -r sandbox_port metrics_port < <(python3 -c '
 import socket

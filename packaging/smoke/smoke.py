@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 RUN_FOR = 15.0
 
@@ -25,7 +25,7 @@ def step(text: str) -> None:
     print(f"smoke: {text}", flush=True)
 
 
-def fail(text: str, *logs: Path) -> None:
+def fail(text: str, *logs: Path) -> NoReturn:
     print(f"smoke: FAILED: {text}", file=sys.stderr, flush=True)
     for log in logs:
         if log.exists():
@@ -62,6 +62,26 @@ def wait_for(what: str, check: Any, timeout: float, *logs: Path) -> Any:
             return value
         time.sleep(0.2)
     fail(f"timed out after {timeout:.0f} s waiting for {what}", *logs)
+
+
+def healthcheck(metrics: str, log: Path) -> None:
+    """The image's own HEALTHCHECK command (image.sh saved it beside this file), pointed at this
+    config's metrics address instead of the default 127.0.0.1:9108."""
+    saved = Path(__file__).with_name("healthcheck.json")
+    if not saved.exists():
+        return
+    test = json.loads(saved.read_text())["Test"]
+    if test[0] == "CMD-SHELL":
+        argv = ["/bin/sh", "-c", test[1]]
+    elif test[0] == "CMD":
+        argv = test[1:]
+    else:
+        fail(f"the HEALTHCHECK is {test!r}")
+    argv = [a.replace("127.0.0.1:9108", metrics) for a in argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        fail(f"the image's HEALTHCHECK exited {done.returncode}: {done.stdout}{done.stderr}", log)
+    step("the image's HEALTHCHECK command passed")
 
 
 def main() -> None:
@@ -118,6 +138,7 @@ def run_agent(agent: subprocess.Popen[bytes], sandbox_url: str, metrics: str, lo
     status, body = get(f"http://{metrics}/healthz")
     if status != 200:
         fail(f"/healthz answered {status} after {RUN_FOR:.0f} s: {body!r}", log)
+    healthcheck(metrics, log)
     ledger = json.loads(get(f"{sandbox_url}/_sandbox/ledger")[1])
     kinds = [call["endpoint"] for call in ledger["accepted"]]
     if "counter" not in kinds or "startstop" not in kinds:
