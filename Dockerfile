@@ -1,17 +1,22 @@
 # prodsmart-edge container image: small, non-root, database on a volume, config mounted read-only.
-#   docker build -t prodsmart-edge .
+# It installs from the offline bundle's wheelhouse, so the build needs no network:
+#   packaging/bundle.sh build/bundle && docker build -t prodsmart-edge build/bundle
 #   docker run -d --name prodsmart-edge --restart=always \
 #     -v /etc/prodsmart-edge:/etc/prodsmart-edge:ro -v prodsmart-edge-data:/var/lib/prodsmart-edge \
 #     --env-file /etc/prodsmart-edge/secrets.env --device /dev/ttyUSB0 --group-add dialout \
 #     -p 127.0.0.1:9108:9108 prodsmart-edge
-FROM python:3.11-slim-bookworm AS build
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY agent ./agent
-RUN python -m venv /opt/prodsmart-edge \
- && /opt/prodsmart-edge/bin/pip install --no-cache-dir --disable-pip-version-check .
+# BASE: any Debian 12 image with python3 (3.11) and its venv module; packaging/image.sh builds one
+# with mmdebstrap when no registry is reachable. The wheelhouse is for CPython 3.11.
+ARG BASE=docker.io/library/python:3.11-slim-bookworm
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE} AS build
+COPY wheels /wheels
+RUN python3 -m venv /opt/prodsmart-edge \
+ && /opt/prodsmart-edge/bin/python -m pip install --no-index --no-cache-dir --disable-pip-version-check \
+      --find-links /wheels /wheels/prodsmart_edge-*.whl \
+ && /opt/prodsmart-edge/bin/python -m pip uninstall --yes --disable-pip-version-check pip setuptools
+
+FROM ${BASE}
 LABEL org.opencontainers.image.title="prodsmart-edge" \
       org.opencontainers.image.description="Shop-floor machine edge agent for Prodsmart"
 # dialout (gid 20 on Debian) owns serial ports, for Modbus RTU.

@@ -17,3 +17,9 @@ if [ -n "$problems" ]; then
   exit 1
 fi
 echo "systemd/prodsmart-edge.service: verified"
+# The sandboxing score (0 = locked down, 10 = exposed): keep it at or below 2.0.
+if ! score="$(systemd-analyze security --offline=yes --threshold=20 "$tmp/prodsmart-edge.service" 2>&1)"; then
+  printf 'systemd-analyze security: the exposure is above 2.0:\n%s\n' "$(printf '%s\n' "$score" | tail -n 1)" >&2
+  exit 1
+fi
+printf '%s\n' "$score" | tail -n 1

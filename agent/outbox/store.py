@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -105,6 +105,10 @@ class Outbox(OutboxDelivery, OutboxAdmin):
     async def _prepare(self, synchronous: str) -> None:
         db = self._live()
         await db.execute("PRAGMA busy_timeout = 5000")
+        # Before anything writes (switching to WAL rewrites the header): a newer version's file
+        # stays exactly as it is.
+        if await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'"):
+            self._refuse_newer(await db.execute_fetchall("SELECT version FROM schema_version"))
         mode = await db.execute_fetchall("PRAGMA journal_mode = WAL")
         if str(next(iter(mode))[0]).lower() != "wal":
             log.warning("The database at %s cannot use WAL mode; it runs slower", self.path)
@@ -124,11 +128,7 @@ class Outbox(OutboxDelivery, OutboxAdmin):
             await db.execute(VERSION_TABLE)
             rows = list(await db.execute_fetchall("SELECT version FROM schema_version"))
             version = int(rows[0][0]) if rows else 0
-            if version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"Cannot open the database at {self.path}: a newer prodsmart-edge wrote it "
-                    f"(schema {version}, this version knows up to {SCHEMA_VERSION})"
-                )
+            self._refuse_newer(rows)
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for sql in MIGRATIONS[step]:
                     await db.execute(sql)
@@ -143,6 +143,14 @@ class Outbox(OutboxDelivery, OutboxAdmin):
             except sqlite3.Error:
                 pass  # BEGIN itself failed: nothing to roll back
             raise
+
+    def _refuse_newer(self, rows: Iterable[Any]) -> None:
+        version = max((int(r[0]) for r in rows), default=0)
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"Cannot open the database at {self.path}: a newer prodsmart-edge wrote it "
+                f"(schema {version}, this version knows up to {SCHEMA_VERSION})"
+            )
 
     async def close(self) -> None:
         db, self._db = self._db, None
