@@ -37,6 +37,7 @@ from agent.core.backoff import Backoff
 from agent.core.metrics import Metrics
 from agent.outbox.store import Call, Head, Outbox
 from agent.uplink.auth import Credentials, TokenAuth, protect_http_loggers, redact
+from agent.uplink.outcomes import excerpt, is_token_request, may_have_arrived
 from agent.uplink.ratelimit import TokenBucket
 
 __all__ = ["Credentials", "Uplink", "parse_retry_after"]
@@ -46,9 +47,6 @@ log = logging.getLogger(__name__)
 PRIORITY = {"startstop": 0, "counter": 1, "parameters": 2}
 DEFAULT_RETRY_AFTER = 60.0
 MAX_RETRY_AFTER = 3600.0  # a bogus Retry-After must not silence the agent for days
-# Errors raised before the request left this machine: Prodsmart cannot have applied it.
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol,
-            httpx.LocalProtocolError)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float:
@@ -270,7 +268,7 @@ class Uplink:
             response = await client.post(path, json=dict(call.body))
         except httpx.HTTPError as exc:
             self._metrics.calls.labels(call.kind, "error").inc()
-            sent = not isinstance(exc, NOT_SENT)
+            sent = may_have_arrived(exc, self._auth_url)
             detail = f"{type(exc).__name__}: {redact(exc) or 'no detail'}"
             await self._retry(call, unknown=sent, reason="timeout" if isinstance(
                 exc, httpx.TimeoutException) else "network", detail=detail)
@@ -282,7 +280,7 @@ class Uplink:
     async def _settle(self, call: Call, response: httpx.Response) -> None:
         status = response.status_code
         self._metrics.calls.labels(call.kind, str(status)).inc()
-        for_token = response.request.url.path == httpx.URL(self._auth_url).path
+        for_token = is_token_request(response.request, self._auth_url)
         if status in (401, 403):
             await self._outbox.attempt_failed(call, unknown=False)
             self._auth_refused(status, for_token)
@@ -322,16 +320,16 @@ class Uplink:
                 await self._delivered(call)
                 self._metrics.already_delivered.inc()
                 log.info("Counter call of %s was already applied by an earlier attempt whose outcome was "
-                         "unknown (Prodsmart: %s): counted as delivered", call.machine, _excerpt(text))
+                         "unknown (Prodsmart: %s): counted as delivered", call.machine, excerpt(text))
                 return
             dead = await self._outbox.dead_letter(call, status, text, time.time())
             log.error("Prodsmart refused the counter of %s as not increasing although no earlier attempt "
                       "can have reached it: the agent's totals and Prodsmart disagree (rebase the machine?). "
-                      "Kept as dead letter %d: %s", call.machine, dead, _excerpt(text))
+                      "Kept as dead letter %d: %s", call.machine, dead, excerpt(text))
             return
         dead = await self._outbox.dead_letter(call, status, text, time.time())
         log.warning("Prodsmart refused the %s call of %s (HTTP %d): %s; kept as dead letter %d",
-                    call.kind, call.machine, status, _excerpt(text), dead)
+                    call.kind, call.machine, status, excerpt(text), dead)
         lane = self._lane(call.machine)
         lane.backoff.reset()
         lane.until = 0.0
@@ -393,8 +391,3 @@ def _reap(tasks: dict[str, asyncio.Task[None]]) -> None:
             del tasks[machine]
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
-
-
-def _excerpt(text: str, limit: int = 200) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit] + "..."

@@ -498,3 +498,19 @@ async def test_sandbox_tokens_are_renewed_when_they_expire(box: Outbox, sandbox:
     assert [a["auth"] for a in ledger.accepted] == ["token"] * 4
     assert [a["method"] for a in ledger.authorizations][:2] == ["GET", "POST"]
     assert await box.dead_letters() == []
+
+
+async def test_a_failed_token_request_never_marks_the_call_unknown(box: Outbox, sandbox: Sandbox) -> None:
+    """Issue 10 item 9: the token request failed, the counter call never left; a genuine "not
+    increasing" afterwards must stay a dead letter, not be swallowed as "already delivered"."""
+    async with httpx.AsyncClient(base_url=sandbox.url, auth=("key", "secret")) as direct:
+        assert (await direct.post("/api/machines/A/counter", json={"count": 10})).status_code == 200
+    sandbox.inject(Fault("drop_before", endpoint="authorization", count=1))
+    await box.commit({}, [CounterChanged("A", 5)], now=time.time())
+    uplink = sandbox_uplink(box, sandbox, auth="token")
+    async with running(uplink):
+        await drained(box)
+    assert len(sandbox.ledger().faulted) == 1
+    (dead,) = await box.dead_letters()
+    assert dead.status == 400 and "not greater" in dead.response
+    assert sandbox.ledger().counters["A"]["count"] == 10
