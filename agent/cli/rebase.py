@@ -12,7 +12,7 @@ async def command(args: argparse.Namespace, out: TextIO) -> int:
     cfg = load(args.config)
     if args.machine not in cfg.machines:
         raise CommandError(f"no machine {args.machine!r} in {args.config}")
-    outbox = await open_outbox(cfg)
+    outbox = await open_outbox(cfg, "operator")
     try:
         offset = await outbox.rebase(args.machine, args.count)
     finally:

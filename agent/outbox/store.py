@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -37,7 +36,7 @@ from agent.outbox.admin import OutboxAdmin
 from agent.outbox.coalesce import Acked, Lane, LaneCall
 from agent.outbox.delivery import RESPONSE_LIMIT as RESPONSE_LIMIT
 from agent.outbox.delivery import OutboxDelivery
-from agent.outbox.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+from agent.outbox.opening import ACCESS, Access, connect, discard_snapshot, open_error, prepare, snapshot
 from agent.outbox.types import Call as Call
 from agent.outbox.types import Head as Head
 from agent.outbox.types import StorageError as StorageError
@@ -63,6 +62,7 @@ class Outbox(OutboxDelivery, OutboxAdmin):
         self._dirty = False  # a transaction was cancelled half-way: roll it back first
         self._over_bound = False
         self._warned: set[str] = set()
+        self._scratch: str | None = None  # a dry run's private copy, deleted on close
 
     # ------------------------------------------------------------------ opening
 
@@ -75,80 +75,48 @@ class Outbox(OutboxDelivery, OutboxAdmin):
         max_size_mb: float = 256,
         metrics: Metrics | None = None,
         waste_without_count: str = "send",
+        access: Access = "agent",
     ) -> Outbox:
-        """Open (or create) the database; the directory must exist. Raises `StorageError`."""
+        """Open (or create) the database; the directory must exist. Raises `StorageError`.
+
+        `access` says who opens it (see `agent.outbox.opening`): the agent, an operator's
+        command beside it, a read-only reader, or a dry run's private copy."""
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
         if waste_without_count not in ("send", "hold"):
             raise ValueError("waste_without_count must be 'send' or 'hold'")
-        _check_path(path)
-        connection = aiosqlite.connect(path, isolation_level=None)
+        if access not in ACCESS:
+            raise ValueError(f"access must be one of {', '.join(ACCESS)}")
+        real = path
+        if access == "copy":
+            path = await asyncio.to_thread(snapshot, real)
         try:
-            db = await connection
-        except sqlite3.Error as exc:
-            # aiosqlite stops its worker thread without waiting; wait here, while the loop still
-            # runs, or the thread reports to a closed loop with a traceback at exit.
-            await asyncio.to_thread(connection._thread.join, 5)
-            raise _open_error(path, exc, metrics) from None
+            db = await connect(path, access, metrics)
+        except BaseException:
+            if access == "copy":
+                discard_snapshot(path)
+            raise
         box = cls(db, path, max_bytes=int(max_size_mb * 1024 * 1024),
                   hold=waste_without_count == "hold", metrics=metrics)
+        box._scratch = path if access == "copy" else None
         try:
-            await box._prepare(synchronous.upper())
+            await prepare(db, path, synchronous.upper(), access)
         except sqlite3.Error as exc:
             await box.close()
-            raise _open_error(path, exc, metrics) from None
+            raise open_error(real, exc, metrics) from None
         except BaseException:
             await box.close()
             raise
         return box
-
-    async def _prepare(self, synchronous: str) -> None:
-        db = self._live()
-        await db.execute("PRAGMA busy_timeout = 5000")
-        mode = await db.execute_fetchall("PRAGMA journal_mode = WAL")
-        if str(next(iter(mode))[0]).lower() != "wal":
-            log.warning("The database at %s cannot use WAL mode; it runs slower", self.path)
-        await db.execute(f"PRAGMA synchronous = {synchronous}")
-        check = [str(r[0]) for r in await db.execute_fetchall("PRAGMA quick_check(3)")]
-        if check != ["ok"]:
-            raise StorageError(
-                f"Cannot open the database at {self.path}: it is damaged (corrupt?): {'; '.join(check)}"
-            )
-        await self._migrate(db)
-        # Calls in flight when the agent stopped may have reached Prodsmart: their outcome is unknown.
-        await db.execute("UPDATE calls SET unknown = 1, inflight = 0 WHERE inflight = 1")
-
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            await db.execute(VERSION_TABLE)
-            rows = list(await db.execute_fetchall("SELECT version FROM schema_version"))
-            version = int(rows[0][0]) if rows else 0
-            if version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"Cannot open the database at {self.path}: a newer prodsmart-edge wrote it "
-                    f"(schema {version}, this version knows up to {SCHEMA_VERSION})"
-                )
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                for sql in MIGRATIONS[step]:
-                    await db.execute(sql)
-            if not rows:
-                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif version < SCHEMA_VERSION:
-                await db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-            await db.execute("COMMIT")
-        except BaseException:
-            try:
-                await db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # BEGIN itself failed: nothing to roll back
-            raise
 
     async def close(self) -> None:
         db, self._db = self._db, None
         if db is not None:
             async with self._lock:
                 await db.close()
+        if self._scratch is not None:
+            discard_snapshot(self._scratch)
+            self._scratch = None
 
     # ------------------------------------------------------------------ transactions
 
@@ -378,23 +346,3 @@ class Outbox(OutboxDelivery, OutboxAdmin):
                 "oldest pending parameter values; counter and run-state calls are kept",
                 self.path, self._max_bytes / 1048576, used / 1048576, len(victims))
 
-
-def _check_path(path: str) -> None:
-    """Plain-sentence errors for the usual installation mistakes, before SQLite's terse ones."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise StorageError(f"Cannot open the database at {path}: the directory {parent} does not exist")
-    if os.path.isdir(path):
-        raise StorageError(f"Cannot open the database at {path}: it is a directory")
-    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
-        raise StorageError(f"Cannot open the database at {path}: it is read-only")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise StorageError(
-            f"Cannot open the database at {path}: the directory {parent} is read-only "
-            "(SQLite creates its journal files next to the database)")
-
-
-def _open_error(path: str, exc: sqlite3.Error, metrics: Metrics | None) -> StorageError:
-    if metrics is not None:
-        metrics.db_errors.inc()
-    return StorageError(f"Cannot open the database at {path}: {_explain(exc)} (sqlite: {exc})")

@@ -439,3 +439,32 @@ async def test_a_call_with_an_unknown_outcome_stays_frozen(box: Outbox) -> None:
     assert len(await box.queued("M1")) == 2
     again = await send_head(box, "M1")
     assert dict(again.body) == {"count": 10} and again.unknown
+
+
+async def test_a_command_beside_the_agent_leaves_its_calls_in_flight(box: Outbox) -> None:
+    """Issue 10 item 7: `status` (reader) and `rebase`/`dead-letters retry` (operator) open the
+    database while the agent has a call in flight; the call must still thaw and merge after a
+    failure that never reached Prodsmart."""
+    await box.commit({}, [CounterChanged("M1", 10, {})], 1.0)
+    call = await send_head(box, "M1")
+    await box.commit({}, [CounterChanged("M1", 20, {})], 2.0)
+    reader = await Outbox.open(box.path, access="reader")
+    assert [s.depth for s in await reader.stats(3.0)] == [2]
+    with pytest.raises(StorageError, match="read-only"):
+        await reader.drop_dead_letter(1)  # a reader cannot write, whatever it calls
+    await reader.close()
+    operator = await Outbox.open(box.path, access="operator")
+    await operator.close()
+    await box.attempt_failed(call, unknown=False)
+    (merged,) = await box.queued("M1")
+    assert dict(merged.body) == {"count": 20}
+
+
+async def test_a_reader_needs_an_existing_current_database(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="does not exist yet"):
+        await Outbox.open(str(tmp_path / "none.db"), access="reader")
+    assert not os.listdir(tmp_path)
+    with sqlite3.connect(tmp_path / "other.db") as con:
+        con.execute("CREATE TABLE t (x)")
+    with pytest.raises(StorageError, match="no prodsmart-edge schema"):
+        await Outbox.open(str(tmp_path / "other.db"), access="reader")
