@@ -34,6 +34,7 @@ from agent.outbox.admin import DeadLetter as DeadLetter
 from agent.outbox.admin import MachineStats as MachineStats
 from agent.outbox.admin import OutboxAdmin
 from agent.outbox.coalesce import Acked, Lane, LaneCall
+from agent.outbox.dedupe import DeltaId, attach_ids, store_ids
 from agent.outbox.delivery import RESPONSE_LIMIT as RESPONSE_LIMIT
 from agent.outbox.delivery import OutboxDelivery
 from agent.outbox.opening import ACCESS, Access, connect, discard_snapshot, open_error, prepare, snapshot
@@ -174,7 +175,9 @@ class Outbox(OutboxDelivery, OutboxAdmin):
     async def load_states(self) -> dict[str, dict[str, Any]]:
         async with self._read() as db:
             rows = await db.execute_fetchall("SELECT machine, data FROM state")
-        return {str(r[0]): json.loads(r[1]) for r in rows}
+            states = {str(r[0]): json.loads(r[1]) for r in rows}
+            await attach_ids(db, states)
+        return states
 
     async def machine_codes(self) -> list[str]:
         """Every machine the database knows of (state, queue, history or dead letters)."""
@@ -184,9 +187,11 @@ class Outbox(OutboxDelivery, OutboxAdmin):
             return [str(r[0]) for r in await db.execute_fetchall(sql)]
 
     async def commit(
-        self, states: Mapping[str, dict[str, Any]], events: Sequence[Event], now: float
+        self, states: Mapping[str, dict[str, Any]], events: Sequence[Event], now: float,
+        delta_ids: Sequence[DeltaId] = (),
     ) -> None:
-        """Store the logic states and queue the calls of `events`, in one transaction."""
+        """Store the logic states, the new delta de-duplication ids and the calls of `events`, in
+        one transaction."""
         state_rows = [(m, _j(s)) for m, s in states.items()]
         lanes: dict[str, list[CounterChanged | RunStateChanged]] = {}
         params: dict[tuple[str, str], str] = {}
@@ -204,6 +209,8 @@ class Outbox(OutboxDelivery, OutboxAdmin):
                 await self._queue(db, lanes, now)
             if params:
                 await self._upsert_params(db, params, now)
+            if delta_ids:
+                await store_ids(db, delta_ids, now)
             await self._enforce_bound(db)
 
     def _collect_params(self, event: ParametersChanged, into: dict[tuple[str, str], str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -10,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.config.specs import CounterSpec, MachineSpec
 from agent.core.metrics import Metrics
-from agent.core.model import CounterChanged, ParametersChanged, RunStateChanged
+from agent.core.model import CounterChanged, ParametersChanged, Reading, RunStateChanged
+from agent.logic.counter import DEDUPE_IDS
+from agent.logic.machine import Logic
+from agent.outbox.dedupe import MAX_ID_AGE
+from agent.outbox.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 from agent.outbox.store import Call, Outbox, StorageError
 
 
@@ -468,3 +474,55 @@ async def test_a_reader_needs_an_existing_current_database(tmp_path: Path) -> No
         con.execute("CREATE TABLE t (x)")
     with pytest.raises(StorageError, match="no prodsmart-edge schema"):
         await Outbox.open(str(tmp_path / "other.db"), access="reader")
+
+
+# ---------------------------------------------------------------- delta de-duplication ids (issue 10 item 14)
+
+
+def _delta_logic(states: dict[str, dict[str, object]] | None = None) -> Logic:
+    spec = MachineSpec("M1", "broker", counter=CounterSpec("parts", mode="delta"))
+    return Logic({"M1": spec}, states)
+
+
+async def test_delta_ids_live_in_their_own_table_bounded_by_count_and_age(box: Outbox) -> None:
+    logic = _delta_logic()
+    for i in range(DEDUPE_IDS + 50):
+        logic.apply(Reading("broker", "parts", 1, msg_id=f"m{i}"), float(i))
+        if i % 1000 == 999 or i == DEDUPE_IDS + 49:
+            await box.commit(logic.dirty_states(), [], 1000.0, logic.drain_delta_ids())
+    async with box._read() as db:
+        (size,), = await db.execute_fetchall("SELECT length(data) FROM state")
+        (stored, oldest), = await db.execute_fetchall(
+            "SELECT COUNT(*), (SELECT id FROM delta_ids ORDER BY n LIMIT 1) FROM delta_ids")
+    assert size < 500, "the ids are rewritten with the state on every commit"
+    assert (stored, oldest) == (DEDUPE_IDS, "m50")
+    restarted = _delta_logic(await box.load_states())
+    assert restarted.apply(Reading("broker", "parts", 1, msg_id=f"m{DEDUPE_IDS + 49}"), 1e5) == []
+    assert restarted.apply(Reading("broker", "parts", 1, msg_id="m0"), 1e5) != []  # beyond the bound
+    await box.commit(restarted.dirty_states(), [], 1000.0 + MAX_ID_AGE + 1, restarted.drain_delta_ids())
+    assert _delta_logic(await box.load_states()).apply(
+        Reading("broker", "parts", 1, msg_id="m60"), 1e5) != []  # older than the age bound: forgotten
+
+
+async def test_a_version_1_database_moves_its_delta_ids_out_of_the_state(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as con:
+        for sql in (*MIGRATIONS[1], VERSION_TABLE, "INSERT INTO schema_version VALUES (1)"):
+            con.execute(sql)
+        state = {"v": 1, "counters": {"count": {"key": "parts", "total": 7, "raw": None, "pending": None,
+                                                "t": 5.0, "ids": ["a", "b"]}}}
+        con.execute("INSERT INTO state VALUES ('M1', ?)", (json.dumps(state),))
+    box = await Outbox.open(str(path))
+    try:
+        logic = _delta_logic(await box.load_states())
+        assert logic.apply(Reading("broker", "parts", 1, msg_id="b"), 9.0) == []
+        assert logic.apply(Reading("broker", "parts", 1, msg_id="c"), 9.0) == [CounterChanged("M1", 8, {})]
+    finally:
+        await box.close()
+    again = await Outbox.open(str(path))  # migrating is done once; opening again changes nothing
+    try:
+        async with again._read() as db:
+            assert await db.execute_fetchall("SELECT id FROM delta_ids ORDER BY n") == [("a",), ("b",)]
+            assert await db.execute_fetchall("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    finally:
+        await again.close()
