@@ -135,6 +135,15 @@ class OutboxDelivery(OutboxBase):
             await db.executemany("DELETE FROM params WHERE machine = ? AND code = ? AND seq <= ?",
                                  [(call.machine, c, call.param_seq) for c in codes])
 
+    async def outcome_unknown(self, call: Call) -> bool:
+        """Whether an attempt of the call may have been applied, as the database knows it now (a
+        rebase while the call was in flight marks it so: its old count may be below Prodsmart's)."""
+        if call.unknown:
+            return True
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall("SELECT unknown FROM calls WHERE id = ?", (call.id,)))
+        return bool(rows and rows[0][0])
+
     async def attempt_failed(self, call: Call, *, unknown: bool) -> None:
         """The attempt did not get an answer; `unknown`: it may have reached Prodsmart."""
         if not call.id:

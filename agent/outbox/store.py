@@ -231,11 +231,12 @@ class Outbox(OutboxDelivery, OutboxAdmin):
         offsets, acked = await self._machine_info(db, names)
         held = await self._waste_of(db, "held_waste", names) if self._hold else {}
         tails = await self._tails(db, names)
+        waste_offsets = await self._waste_offsets(db, names)
         built: list[Lane] = []
         for machine, evs in events.items():
             lane = Lane(machine, tails.get(machine), offset=offsets.get(machine, 0),
                         acked=acked.get(machine, Acked()), held=held.get(machine, {}),
-                        hold=self._hold, now=now)
+                        hold=self._hold, now=now, waste_offsets=waste_offsets.get(machine))
             for e in evs:
                 if isinstance(e, CounterChanged):
                     lane.add_counter(e.count, e.waste)
@@ -256,6 +257,15 @@ class Outbox(OutboxDelivery, OutboxAdmin):
         for machine, w in waste.items():
             acked.setdefault(machine, Acked(None, w))
         return offsets, acked
+
+    async def _waste_offsets(self, db: aiosqlite.Connection, names: str) -> dict[str, dict[str, int]]:
+        rows = await db.execute_fetchall(
+            "SELECT machine, code, quantity_offset FROM waste_offsets "
+            "WHERE machine IN (SELECT value FROM json_each(?))", (names,))
+        out: dict[str, dict[str, int]] = {}
+        for machine, code, offset in rows:
+            out.setdefault(str(machine), {})[str(code)] = int(offset)
+        return out
 
     async def _waste_of(
         self, db: aiosqlite.Connection, table: str, names: str

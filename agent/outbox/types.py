@@ -33,6 +33,10 @@ class OutboxBase:
             self, db: aiosqlite.Connection, names: str
         ) -> tuple[dict[str, int], dict[str, Acked]]: ...
 
+        async def _waste_offsets(
+            self, db: aiosqlite.Connection, names: str
+        ) -> dict[str, dict[str, int]]: ...
+
         async def _waste_of(
             self, db: aiosqlite.Connection, table: str, names: str
         ) -> dict[str, dict[str, int]]: ...

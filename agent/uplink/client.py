@@ -316,7 +316,7 @@ class Uplink:
         text = redact(response.text)
         status = response.status_code
         if call.kind == "counter" and status == 400 and self._pattern.search(text):
-            if call.unknown:
+            if await self._outbox.outcome_unknown(call):
                 await self._delivered(call)
                 self._metrics.already_delivered.inc()
                 log.info("Counter call of %s was already applied by an earlier attempt whose outcome was "

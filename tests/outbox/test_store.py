@@ -168,13 +168,61 @@ async def test_rebase_makes_the_next_count_greater_than_prodsmarts(box: Outbox) 
     await deliver(box, "A")
     await box.commit({}, [CounterChanged("A", 50, {"Scrap": 1})], now=2.0)  # queued, not attempted
     offset = await box.rebase("A", 5000)
-    assert offset == 5000 - 50
-    # The queued count is at or below 5000 now: dropped; its waste still goes.
-    assert bodies(await box.queued()) == [("A", "counter", {"waste": [{"code": "Scrap", "quantity": 1}]})]
+    # Prodsmart acknowledged a total of 40: the 10 parts counted since are not in its 5000 yet, so
+    # they go out above it (issue 10 item 10: the offset was taken from the last counted total,
+    # 50, which dropped the queued call and lost those 10 parts).
+    assert offset == 5000 - 40
+    assert bodies(await box.queued()) == [
+        ("A", "counter", {"count": 5010, "waste": [{"code": "Scrap", "quantity": 1}]})]
     await box.commit({}, [CounterChanged("A", 51)], now=3.0)
-    assert (await box.queued())[0].body["count"] == 5001
+    assert (await box.queued())[0].body["count"] == 5011
     stats = (await box.stats(4.0))[0]
     assert (stats.offset, stats.acked_count) == (offset, 5000)
+
+
+async def test_rebase_keeps_parts_counted_before_the_first_acknowledgement(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 30)], now=1.0)  # never sent: Prodsmart has none of it
+    assert await box.rebase("A", 700) == 700
+    assert bodies(await box.queued()) == [("A", "counter", {"count": 730})]
+
+
+async def test_rebase_of_a_waste_code(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 10, {"Scrap": 4, "Burr": 2})], now=1.0)
+    await deliver(box, "A")
+    await box.commit({}, [CounterChanged("A", 12, {"Scrap": 6})], now=2.0)  # 2 scrap queued
+    await box.rebase("A", 1000, {"Scrap": 300})
+    assert bodies(await box.queued()) == [
+        ("A", "counter", {"count": 1002, "waste": [{"code": "Scrap", "quantity": 302}]})]
+    await box.commit({}, [CounterChanged("A", 13, {"Scrap": 7, "Burr": 3})], now=3.0)
+    assert bodies(await box.queued()) == [("A", "counter", {
+        "count": 1003, "waste": [{"code": "Burr", "quantity": 3}, {"code": "Scrap", "quantity": 303}]})]
+    stats = (await box.stats(4.0))[0]
+    assert dict(stats.acked_waste) == {"Scrap": 300, "Burr": 2}
+
+
+async def test_a_rebase_racing_a_call_in_flight(box: Outbox) -> None:
+    """The call in flight carries the old offset; Prodsmart refuses it as not increasing. That is
+    not a disagreement to dead-letter: its parts go out with the next call, above the new count."""
+    await box.commit({}, [CounterChanged("A", 40)], now=1.0)
+    await deliver(box, "A")
+    await box.commit({}, [CounterChanged("A", 50)], now=2.0)
+    flying = await send_head(box, "A")
+    await box.rebase("A", 5000)
+    assert await box.outcome_unknown(flying)
+    await box.ack(flying, 3.0)  # what the uplink does with "not increasing" after an unknown outcome
+    await box.commit({}, [CounterChanged("A", 55)], now=4.0)
+    assert bodies(await box.queued()) == [("A", "counter", {"count": 5015})]
+
+
+async def test_rebase_thaws_an_attempted_call(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 40)], now=1.0)
+    await deliver(box, "A")
+    await box.commit({}, [CounterChanged("A", 50)], now=2.0)
+    failed = await send_head(box, "A")
+    await box.attempt_failed(failed, unknown=True)  # frozen with the old offset
+    await box.rebase("A", 5000)
+    again = await send_head(box, "A")
+    assert dict(again.body) == {"count": 5010} and not again.unknown
 
 
 async def test_rebase_never_goes_below_an_acknowledged_count(box: Outbox) -> None:
