@@ -5,11 +5,17 @@ in `_settle`, into an outcome for the outbox:
 - 2xx: acknowledged;
 - network error, timeout, 5xx: retried with backoff on that machine's lane only; if the request
   may have reached Prodsmart the call is marked "unknown outcome";
-- 429: every lane waits for Retry-After; 401/403: every lane waits (bad credentials never turn
-  the queue into dead letters), probing again about once a minute;
+- 429: every lane waits for Retry-After; 401, or a refused token request: every lane waits (bad
+  credentials never turn the queue into dead letters), probing again about once a minute;
+- 403 to one machine's call: that machine alone waits, probing the same way, with an alert
+  naming it (the machine is unknown to the key, or the key may not use it);
 - a 400 "not increasing" to a counter call that an earlier attempt with an unknown outcome
   may already have applied: delivered (DESIGN.md, the one rule, point 4);
+- a 400 to a counter call carrying parameters: the parameters alone become a dead letter, the
+  count goes again without them;
 - any other 4xx: dead letter, and the lane goes on.
+
+Response classification helpers live in `agent.uplink.outcomes`.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class _Lane:
     until: float = 0.0
     failing: bool = False
     served: int = -1
+    forbidden: bool = False  # Prodsmart answers 403 to this machine alone
 
 
 @dataclass
@@ -128,6 +135,11 @@ class Uplink:
         if reason == "rate_limited" and self._clock() >= self._pause.until:
             return None
         return reason
+
+    @property
+    def forbidden(self) -> list[str]:
+        """The machines whose calls Prodsmart refuses with 403 while the credentials work."""
+        return sorted(m for m, lane in self._lanes.items() if lane.forbidden)
 
     def wake(self) -> None:
         self._idle.clear()
@@ -281,6 +293,10 @@ class Uplink:
         status = response.status_code
         self._metrics.calls.labels(call.kind, str(status)).inc()
         for_token = is_token_request(response.request, self._auth_url)
+        if status == 403 and not for_token:
+            await self._outbox.attempt_failed(call, unknown=False)
+            self._forbidden(call)
+            return
         if status in (401, 403):
             await self._outbox.attempt_failed(call, unknown=False)
             self._auth_refused(status, for_token)
@@ -308,6 +324,9 @@ class Uplink:
         lane = self._lane(call.machine)
         lane.backoff.reset()
         lane.until = 0.0
+        if lane.forbidden:
+            lane.forbidden = False
+            log.info("Prodsmart allows the calls of %s again", call.machine)
         if lane.failing:
             lane.failing = False
             log.info("Prodsmart takes the calls of %s again", call.machine)
@@ -327,9 +346,16 @@ class Uplink:
                       "can have reached it: the agent's totals and Prodsmart disagree (rebase the machine?). "
                       "Kept as dead letter %d: %s", call.machine, dead, excerpt(text))
             return
-        dead = await self._outbox.dead_letter(call, status, text, time.time())
-        log.warning("Prodsmart refused the %s call of %s (HTTP %d): %s; kept as dead letter %d",
-                    call.kind, call.machine, status, excerpt(text), dead)
+        if call.kind == "counter" and status == 400 and call.body.get("parameters"):
+            # The parameters ride along: one Prodsmart refuses must not take the count with it.
+            dead = await self._outbox.split_parameters(call, status, text, time.time())
+            log.warning("Prodsmart refused the counter call of %s with parameters (HTTP 400): %s; the "
+                        "parameters are kept as dead letter %d, the count goes again without them",
+                        call.machine, excerpt(text), dead)
+        else:
+            dead = await self._outbox.dead_letter(call, status, text, time.time())
+            log.warning("Prodsmart refused the %s call of %s (HTTP %d): %s; kept as dead letter %d",
+                        call.kind, call.machine, status, excerpt(text), dead)
         lane = self._lane(call.machine)
         lane.backoff.reset()
         lane.until = 0.0
@@ -346,6 +372,20 @@ class Uplink:
                 call.kind, call.machine, self._path(call), detail, delay)
 
     # ------------------------------------------------------------------ pauses
+
+    def _forbidden(self, call: Call) -> None:
+        """A 403 to one machine's call while the credentials work (else the token request, or
+        every machine, is refused): that machine alone waits, probing about every `auth_retry`."""
+        lane = self._lane(call.machine)
+        lane.until = self._clock() + self._auth_retry * self._rng.uniform(0.8, 1.2)
+        self._metrics.auth_failures.inc()
+        if lane.forbidden:
+            log.debug("Prodsmart still forbids the calls of %s (HTTP 403)", call.machine)
+            return
+        lane.forbidden = True
+        log.error("Prodsmart forbids the calls of machine %s (HTTP 403): it waits, the other machines go "
+                  "on; check that the machine code exists in Prodsmart and that the API key may use it. "
+                  "Trying again about every %g s", call.machine, self._auth_retry)
 
     def _rate_limited(self, response: httpx.Response) -> None:
         seconds = parse_retry_after(response.headers.get("Retry-After"))
