@@ -64,6 +64,7 @@ class Outbox(OutboxDelivery, OutboxAdmin):
         self._over_bound = False
         self._warned: set[str] = set()
         self._scratch: str | None = None  # a dry run's private copy, deleted on close
+        self._synchronous = "NORMAL"
 
     # ------------------------------------------------------------------ opening
 
@@ -100,6 +101,7 @@ class Outbox(OutboxDelivery, OutboxAdmin):
         box = cls(db, path, max_bytes=int(max_size_mb * 1024 * 1024),
                   hold=waste_without_count == "hold", metrics=metrics)
         box._scratch = path if access == "copy" else None
+        box._synchronous = synchronous.upper()
         try:
             await prepare(db, path, synchronous.upper(), access)
         except sqlite3.Error as exc:
@@ -137,18 +139,30 @@ class Outbox(OutboxDelivery, OutboxAdmin):
             await db.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # no transaction was open
+        try:
+            await db.execute(f"PRAGMA synchronous = {self._synchronous}")  # after a failed synced commit
+        except sqlite3.Error:
+            pass
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction: all of it or nothing; SQLite failures become StorageError."""
+    async def _tx(self, *, sync: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction: all of it or nothing; SQLite failures become StorageError.
+
+        `sync`: the commit is on disk when this returns, whatever `synchronous` says (in WAL
+        mode NORMAL syncs only at checkpoints: a power cut may take the last commits)."""
         async with self._lock:
             db = self._live()
             if self._dirty:
                 await self._rollback(db)
+            synced = sync and self._synchronous in ("OFF", "NORMAL")
             try:
+                if synced:
+                    await db.execute("PRAGMA synchronous = FULL")
                 await db.execute("BEGIN IMMEDIATE")
                 yield db
                 await db.execute("COMMIT")
+                if synced:
+                    await db.execute(f"PRAGMA synchronous = {self._synchronous}")
             except sqlite3.Error as exc:
                 await self._rollback(db)
                 raise self._fail(exc) from None
@@ -188,10 +202,11 @@ class Outbox(OutboxDelivery, OutboxAdmin):
 
     async def commit(
         self, states: Mapping[str, dict[str, Any]], events: Sequence[Event], now: float,
-        delta_ids: Sequence[DeltaId] = (),
+        delta_ids: Sequence[DeltaId] = (), *, sync: bool = False,
     ) -> None:
         """Store the logic states, the new delta de-duplication ids and the calls of `events`, in
-        one transaction."""
+        one transaction; `sync`: on disk before it returns (it releases a durable emitter, e.g.
+        MQTT PUBACKs: a message acknowledged is never sent again)."""
         state_rows = [(m, _j(s)) for m, s in states.items()]
         lanes: dict[str, list[CounterChanged | RunStateChanged]] = {}
         params: dict[tuple[str, str], str] = {}
@@ -200,7 +215,7 @@ class Outbox(OutboxDelivery, OutboxAdmin):
                 self._collect_params(event, params)
             else:
                 lanes.setdefault(event.machine, []).append(event)
-        async with self._tx() as db:
+        async with self._tx(sync=sync) as db:
             if state_rows:
                 await db.executemany(
                     "INSERT INTO state (machine, data) VALUES (?, ?) "

@@ -102,7 +102,9 @@ class Pipeline:
             return
         if self._states or self._events:
             try:
-                await self.outbox.commit(self._states, self._events, time.time(), self._ids)
+                # Synced when it releases durable emitters: their acknowledgements follow it.
+                await self.outbox.commit(self._states, self._events, time.time(), self._ids,
+                                         sync=bool(self._waiters))
             except StorageError as exc:
                 self._storage_failed(exc)
                 return

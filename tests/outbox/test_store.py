@@ -574,3 +574,44 @@ async def test_a_version_1_database_moves_its_delta_ids_out_of_the_state(tmp_pat
             assert await db.execute_fetchall("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     finally:
         await again.close()
+
+
+# ---------------------------------------------------------------- durable commits (issue 10 item 13)
+
+_SYNC_SCRIPT = """
+import asyncio, os, sys
+from agent.core.model import CounterChanged
+from agent.outbox.store import Outbox
+
+async def main():
+    box = await Outbox.open(sys.argv[1])
+    try:
+        await box.commit({}, [CounterChanged("A", 1)], 1.0)  # settle the first-commit set-up
+        os.getppid()
+        await box.commit({}, [CounterChanged("A", 2)], 2.0)
+        os.getppid()
+        await box.commit({}, [CounterChanged("A", 3)], 3.0, sync=True)
+        os.getppid()
+    finally:
+        await box.close()
+
+asyncio.run(main())
+"""
+
+
+def test_the_commit_that_releases_a_durable_emitter_is_synced(tmp_path: Path) -> None:
+    """With synchronous=NORMAL a WAL commit is not synced: after a power cut it may be gone
+    although the MQTT PUBACK went out. A commit made for a durable emitter is synced (seen as
+    an fsync/fdatasync of the database's files between the markers, traced with strace)."""
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,getppid", "-o", str(trace),
+                    sys.executable, "-c", _SYNC_SCRIPT, str(tmp_path / "agent.db")],
+                   check=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    calls = [line for line in trace.read_text().splitlines() if "(" in line and "resumed" not in line]
+    names = [line.split(None, 1)[1].split("(")[0] for line in calls]
+    marks = [i for i, name in enumerate(names) if name == "getppid"]
+    assert len(marks) == 3, names
+    plain = names[marks[0] + 1:marks[1]]
+    durable = names[marks[1] + 1:marks[2]]
+    assert plain == [], f"a plain commit is not synced with synchronous=NORMAL: {plain}"
+    assert any(n in ("fsync", "fdatasync") for n in durable), durable
