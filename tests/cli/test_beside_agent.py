@@ -10,12 +10,16 @@ import hashlib
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from agent.config.loader import load_config
 from agent.sandbox import Fault, SandboxOptions
+from agent.sources.simulated.config import SimulatedConnection
+from agent.sources.simulated.source import SimulatedPlc
 from tests.conftest import free_port
 from tests.support.harness import ROOT, AgentProcess, agent_env, start_sandbox, wait_until, write_config
 
@@ -112,3 +116,82 @@ def test_a_dry_run_leaves_the_database_as_it_found_it(tmp_path: Path) -> None:
         wait_until(lambda: "POST /api/machines/M1/counter" in dry.output(), 20, message="a printed call")
         assert dry.terminate() == 0
     assert not list(tmp_path.glob("none.db*"))
+
+
+REBASE = """
+prodsmart: {{url: {url}, timeout: 2s, retry_min: 100ms, retry_max: 1s}}
+storage: {{path: {db}, commit_interval: 100ms}}
+metrics: {{listen: "127.0.0.1:{metrics}"}}
+connections:
+  sim:
+    simulated: {{seed: 3, poll: 100ms, rate: 25, cycle: 1000s, stopped: 0s, scrap_every: 7,
+                start_at: {start}, stop_at: {stop}}}
+machines:
+  M1:
+    connection: sim
+    counter: {{signal: count, unit: a}}
+    waste:
+      Scrap: {{signal: scrap, unit: a}}
+"""
+
+
+def _acked(db: Path) -> tuple[int, int]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        (count,), = con.execute("SELECT coalesce(acked_count, 0) FROM machines WHERE machine = 'M1'")
+        scrap = con.execute("SELECT quantity FROM acked_waste WHERE machine = 'M1' AND code = 'Scrap'")
+        return int(count), int(next(iter(scrap), (0,))[0])
+
+
+def test_a_rebase_beside_the_agent_keeps_the_parts_it_has_not_sent(tmp_path: Path) -> None:
+    """Issue 10 item 10, end to end: Prodsmart is unreachable for a while (parts queue up), its
+    count is set to 100000 (and Scrap to 5000) meanwhile, and the technician rebases the running
+    agent. Every part made after the last acknowledged one must reach Prodsmart above those."""
+    sandbox = start_sandbox(SandboxOptions(machines={"M1": ["Stopped"]}))
+    options = sandbox.options
+    db = tmp_path / "agent.db"
+    t0 = time.time()
+    start, stop = t0 + 4.0, t0 + 14.0
+    config = write_config(tmp_path / "agent.yaml", REBASE.format(
+        url=sandbox.url, db=db, metrics=free_port(), start=start, stop=stop))
+    cut = Fault("outage", machine="M1", count=-1)
+    try:
+        with AgentProcess(config, agent_env(sandbox)) as agent:
+            wait_until(lambda: db.exists() and _rows(db).get("state"), 15, message="the first readings")
+            assert time.time() < start, "the agent took too long to start"
+            time.sleep(max(0.0, start + 3.0 - time.time()))
+            sandbox.inject(cut)  # parts queue up from here
+            time.sleep(2.0)
+            # Someone else sets Prodsmart's counters (the sandbox is reachable for them only).
+            sandbox.clear_faults()
+            body = {"count": 100_000, "waste": [{"code": "Scrap", "quantity": 5_000}]}
+            direct = httpx.post(f"{sandbox.url}/api/machines/M1/counter", json=body,
+                                auth=(options.api_key, options.api_secret), timeout=5)
+            sandbox.inject(cut)
+            assert direct.status_code == 200, direct.text
+            time.sleep(0.5)
+            acked_count, acked_scrap = _acked(db)
+            rebased = _cli("rebase", str(config), "M1", "100000", "--waste", "Scrap=5000")
+            assert rebased.returncode == 0, rebased.stderr
+            time.sleep(1.0)
+            sandbox.clear_faults()
+            plc = SimulatedPlc(_sim(config), "a")
+            count = 100_000 + plc.produced(stop) - acked_count
+            scrap = 5_000 + plc.scrap(stop) - acked_scrap
+            assert plc.produced(stop) > acked_count + 50
+            time.sleep(max(0.0, stop + 0.5 - time.time()))
+
+            def settled() -> bool:
+                counters = sandbox.ledger().counters.get("M1") or {}
+                return counters.get("count") == count and counters.get("waste") == {"Scrap": scrap}
+
+            wait_until(settled, 30, message=f"count {count}, scrap {scrap}; sandbox has "
+                       f"{sandbox.ledger().counters}\n{agent.output()[-3000:]}")
+            assert "no dead letters" in _cli("dead-letters", str(config), "list").stdout
+    finally:
+        sandbox.stop()
+
+
+def _sim(config: Path) -> SimulatedConnection:
+    conf = load_config(config).connections["sim"].config
+    assert isinstance(conf, SimulatedConnection)
+    return conf
