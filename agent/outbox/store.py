@@ -1,8 +1,11 @@
 """The crash-safe SQLite outbox: machine logic state and the Prodsmart calls it produced, in one transaction.
 
-The only module that speaks SQL, with `agent.outbox.delivery` (the uplink's side) and
-`agent.outbox.admin` (the operator's side: dead letters, rebase, inspection), whose methods `Outbox`
-inherits; the values they share (`Call`, `Head`, `StorageError`) live in `agent.outbox.types`.
+The outbox package alone speaks SQL: this module (transactions, commits), `agent.outbox.delivery`
+(the uplink's side), `agent.outbox.admin` (the operator's side: dead letters, rebase, inspection)
+and `agent.outbox.lanes` (lane rows), whose methods `Outbox` inherits; `agent.outbox.opening`
+(who opens the database, and how), `agent.outbox.schema` (migrations), `agent.outbox.dedupe`
+(delta message ids). The values they share (`Call`, `Head`, `StorageError`) live in
+`agent.outbox.types`.
 
 One lane per machine: a strict FIFO of counter and startstop calls (coalesced by `agent.outbox.coalesce`),
 plus pending parameter values (newest per code) that ride on the next counter call or go to the
@@ -33,10 +36,10 @@ from agent.core.model import CounterChanged, Event, ParametersChanged, RunStateC
 from agent.outbox.admin import DeadLetter as DeadLetter
 from agent.outbox.admin import MachineStats as MachineStats
 from agent.outbox.admin import OutboxAdmin
-from agent.outbox.coalesce import Acked, Lane, LaneCall
 from agent.outbox.dedupe import DeltaId, attach_ids, store_ids
 from agent.outbox.delivery import RESPONSE_LIMIT as RESPONSE_LIMIT
 from agent.outbox.delivery import OutboxDelivery
+from agent.outbox.lanes import OutboxLanes
 from agent.outbox.opening import ACCESS, Access, connect, discard_snapshot, open_error, prepare, snapshot
 from agent.outbox.types import Call as Call
 from agent.outbox.types import Head as Head
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-class Outbox(OutboxDelivery, OutboxAdmin):
+class Outbox(OutboxDelivery, OutboxAdmin, OutboxLanes):
     """The agent's database; build it with `await Outbox.open(path)` and `close()` it."""
 
     def __init__(
@@ -237,106 +240,6 @@ class Outbox(OutboxDelivery, OutboxAdmin):
                 continue
             into.pop((event.machine, code), None)  # keep the newest last
             into[(event.machine, code)] = text
-
-    async def _queue(
-        self, db: aiosqlite.Connection, events: Mapping[str, list[CounterChanged | RunStateChanged]],
-        now: float,
-    ) -> None:
-        names = _j(list(events))
-        offsets, acked = await self._machine_info(db, names)
-        held = await self._waste_of(db, "held_waste", names) if self._hold else {}
-        tails = await self._tails(db, names)
-        waste_offsets = await self._waste_offsets(db, names)
-        built: list[Lane] = []
-        for machine, evs in events.items():
-            lane = Lane(machine, tails.get(machine), offset=offsets.get(machine, 0),
-                        acked=acked.get(machine, Acked()), held=held.get(machine, {}),
-                        hold=self._hold, now=now, waste_offsets=waste_offsets.get(machine))
-            for e in evs:
-                if isinstance(e, CounterChanged):
-                    lane.add_counter(e.count, e.waste)
-                else:
-                    lane.add_runstate(e.running, e.type)
-            built.append(lane)
-        await self._write_lanes(db, built, now)
-
-    async def _machine_info(
-        self, db: aiosqlite.Connection, names: str
-    ) -> tuple[dict[str, int], dict[str, Acked]]:
-        rows = await db.execute_fetchall(
-            "SELECT machine, count_offset, acked_count FROM machines "
-            "WHERE machine IN (SELECT value FROM json_each(?))", (names,))
-        waste = await self._waste_of(db, "acked_waste", names)
-        offsets = {str(r[0]): int(r[1]) for r in rows}
-        acked = {str(r[0]): Acked(r[2], waste.get(str(r[0]), {})) for r in rows}
-        for machine, w in waste.items():
-            acked.setdefault(machine, Acked(None, w))
-        return offsets, acked
-
-    async def _waste_offsets(self, db: aiosqlite.Connection, names: str) -> dict[str, dict[str, int]]:
-        rows = await db.execute_fetchall(
-            "SELECT machine, code, quantity_offset FROM waste_offsets "
-            "WHERE machine IN (SELECT value FROM json_each(?))", (names,))
-        out: dict[str, dict[str, int]] = {}
-        for machine, code, offset in rows:
-            out.setdefault(str(machine), {})[str(code)] = int(offset)
-        return out
-
-    async def _waste_of(
-        self, db: aiosqlite.Connection, table: str, names: str
-    ) -> dict[str, dict[str, int]]:
-        rows = await db.execute_fetchall(
-            f"SELECT machine, code, quantity FROM {table} WHERE machine IN (SELECT value FROM json_each(?))",
-            (names,))
-        out: dict[str, dict[str, int]] = {}
-        for machine, code, qty in rows:
-            out.setdefault(str(machine), {})[str(code)] = int(qty)
-        return out
-
-    async def _tails(self, db: aiosqlite.Connection, names: str) -> dict[str, LaneCall]:
-        rows = await db.execute_fetchall(
-            """SELECT id, machine, kind, count, waste, attempts, created FROM calls WHERE id IN
-               (SELECT (SELECT MAX(id) FROM calls WHERE machine = m.value) FROM json_each(?) AS m)""",
-            (names,))
-        return {
-            str(r[1]): LaneCall(int(r[0]), r[2], float(r[6]), count=r[3],
-                                waste=json.loads(r[4]) if r[4] else {}, frozen=int(r[5]) > 0)
-            for r in rows
-        }
-
-    async def _write_lanes(self, db: aiosqlite.Connection, lanes: list[Lane], now: float) -> None:
-        updates = [(c.count, _j(c.waste) if c.waste else None, now, c.id)
-                   for lane in lanes for c in lane.updated()]
-        inserts = [(lane.machine, c.kind, c.count, _j(c.waste) if c.waste else None,
-                    None if c.running is None else int(c.running), c.type, c.created, now)
-                   for lane in lanes for c in lane.new]
-        totals = [(lane.machine, lane.last_total) for lane in lanes if lane.last_total is not None]
-        if updates:
-            await db.executemany("UPDATE calls SET count = ?, waste = ?, updated = ? WHERE id = ?", updates)
-        if inserts:
-            await db.executemany(
-                "INSERT INTO calls (machine, kind, count, waste, running, type, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", inserts)
-        if totals:
-            await db.executemany(
-                "INSERT INTO machines (machine, last_total) VALUES (?, ?) "
-                "ON CONFLICT (machine) DO UPDATE SET last_total = excluded.last_total", totals)
-        for lane in lanes:
-            if lane.held_changed:
-                await self._set_held(db, lane.machine, lane.held)
-            if lane.dropped:
-                self._log_dropped(lane.machine, lane.dropped)
-
-    async def _set_held(self, db: aiosqlite.Connection, machine: str, held: Mapping[str, int]) -> None:
-        await db.execute("DELETE FROM held_waste WHERE machine = ?", (machine,))
-        await db.executemany("INSERT INTO held_waste (machine, code, quantity) VALUES (?, ?, ?)",
-                             [(machine, c, q) for c, q in held.items()])
-
-    def _log_dropped(self, machine: str, dropped: list[str]) -> None:
-        level = logging.DEBUG if machine in self._warned else logging.WARNING
-        self._warned.add(machine)
-        log.log(level, "Not sending values of %s that Prodsmart already holds: %s "
-                "(after a rebase, or a counter the logic restarted)", machine, ", ".join(dropped))
 
     async def _upsert_params(
         self, db: aiosqlite.Connection, params: Mapping[tuple[str, str], str], now: float
