@@ -120,6 +120,7 @@ class Uplink:
         self._auth_url = settings.url + settings.paths.authorization
         self._lanes: dict[str, _Lane] = {}
         self._pause = _Pause()
+        self._forbidden_streak: set[str] = set()  # machines answered 403 since the last delivery
         self._serial = itertools.count()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -321,6 +322,7 @@ class Uplink:
 
     async def _delivered(self, call: Call) -> None:
         await self._outbox.ack(call, time.time())
+        self._forbidden_streak.clear()
         lane = self._lane(call.machine)
         lane.backoff.reset()
         lane.until = 0.0
@@ -374,8 +376,14 @@ class Uplink:
     # ------------------------------------------------------------------ pauses
 
     def _forbidden(self, call: Call) -> None:
-        """A 403 to one machine's call while the credentials work (else the token request, or
-        every machine, is refused): that machine alone waits, probing about every `auth_retry`."""
+        """A 403 to one machine's call: that machine alone waits, probing about every `auth_retry`.
+        A second machine refused before any call got through is the credentials, not the machines:
+        every lane waits, as for a refused token request."""
+        if self._forbidden_streak and call.machine not in self._forbidden_streak:
+            self._forbidden_streak.add(call.machine)
+            self._auth_refused(403, False)
+            return
+        self._forbidden_streak.add(call.machine)
         lane = self._lane(call.machine)
         lane.until = self._clock() + self._auth_retry * self._rng.uniform(0.8, 1.2)
         self._metrics.auth_failures.inc()
