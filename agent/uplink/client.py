@@ -1,21 +1,9 @@
 """Drains the outbox to Prodsmart: one HTTP client, a shared rate limit, FIFO lanes, retries, pauses.
 
-The only module (with `agent.uplink.auth`) that imports httpx. Every answer is classed once,
-in `_settle`, into an outcome for the outbox:
-- 2xx: acknowledged;
-- network error, timeout, 5xx: retried with backoff on that machine's lane only; if the request
-  may have reached Prodsmart the call is marked "unknown outcome";
-- 429: every lane waits for Retry-After; 401, or a refused token request: every lane waits (bad
-  credentials never turn the queue into dead letters), probing again about once a minute;
-- 403 to one machine's call: that machine alone waits, probing the same way, with an alert
-  naming it (the machine is unknown to the key, or the key may not use it);
-- a 400 "not increasing" to a counter call that an earlier attempt with an unknown outcome
-  may already have applied: delivered (DESIGN.md, the one rule, point 4);
-- a 400 to a counter call carrying parameters: the parameters alone become a dead letter, the
-  count goes again without them;
-- any other 4xx: dead letter, and the lane goes on.
-
-Response classification helpers live in `agent.uplink.outcomes`.
+The only module (with `agent.uplink.auth` and `agent.uplink.outcomes`) that imports httpx. Every
+answer is classed once (`agent.uplink.outcomes.classify`, which documents the classes) and
+settled here, in `_settle`, into an outcome for the outbox: acknowledged, retried on its lane,
+a pause of every lane or of one machine's, or a dead letter.
 """
 
 from __future__ import annotations
@@ -43,7 +31,7 @@ from agent.core.backoff import Backoff
 from agent.core.metrics import Metrics
 from agent.outbox.store import Call, Head, Outbox
 from agent.uplink.auth import Credentials, TokenAuth, protect_http_loggers, redact
-from agent.uplink.outcomes import excerpt, is_token_request, may_have_arrived
+from agent.uplink.outcomes import classify, excerpt, is_token_request, may_have_arrived
 from agent.uplink.ratelimit import TokenBucket
 
 __all__ = ["Credentials", "Uplink", "parse_retry_after"]
@@ -294,31 +282,26 @@ class Uplink:
         status = response.status_code
         self._metrics.calls.labels(call.kind, str(status)).inc()
         for_token = is_token_request(response.request, self._auth_url)
-        if status == 403 and not for_token:
+        verdict = classify(status, for_token=for_token)
+        if verdict in ("forbidden", "auth", "rate_limited"):
             await self._outbox.attempt_failed(call, unknown=False)
-            self._forbidden(call)
-            return
-        if status in (401, 403):
-            await self._outbox.attempt_failed(call, unknown=False)
-            self._auth_refused(status, for_token)
-            return
-        if status == 429:
-            await self._outbox.attempt_failed(call, unknown=False)
-            self._rate_limited(response)
+            if verdict == "forbidden":
+                self._forbidden(call)
+            elif verdict == "auth":
+                self._auth_refused(status, for_token)
+            else:
+                self._rate_limited(response)
             return
         self._end_pause("auth", "Prodsmart accepts the API credentials again")
         self._end_pause("rate_limited", "Prodsmart takes calls again after its rate limit")
-        if for_token:
-            await self._retry(call, unknown=False, reason="token",
-                              detail=f"cannot get an access token: HTTP {status}")
-        elif response.is_success:
+        if verdict == "delivered":
             await self._delivered(call)
-        elif status >= 500 or status == 408:
-            await self._retry(call, unknown=True, reason=f"http_{status}", detail=f"HTTP {status}")
-        elif 400 <= status < 500:
+        elif verdict == "refused":
             await self._refused(call, response)
-        else:  # 1xx/3xx: not applied; a redirect here is a misconfigured URL, not the call's fault
-            await self._retry(call, unknown=False, reason=f"http_{status}", detail=f"HTTP {status}")
+        else:
+            detail = f"cannot get an access token: HTTP {status}" if for_token else f"HTTP {status}"
+            await self._retry(call, unknown=verdict == "retry_unknown",
+                              reason="token" if for_token else f"http_{status}", detail=detail)
 
     async def _delivered(self, call: Call) -> None:
         await self._outbox.ack(call, time.time())
