@@ -7,10 +7,13 @@ database exactly as it found it.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +198,51 @@ def _sim(config: Path) -> SimulatedConnection:
     conf = load_config(config).connections["sim"].config
     assert isinstance(conf, SimulatedConnection)
     return conf
+
+
+TWO = """
+prodsmart: {{url: {url}, timeout: 2s, retry_min: 100ms, retry_max: 1s}}
+storage: {{path: {db}, commit_interval: 100ms}}
+metrics: {{listen: "127.0.0.1:{metrics}"}}
+connections:
+  sim:
+    simulated: {{seed: 5, poll: 100ms, rate: 20, cycle: 1000s, stopped: 0s}}
+machines:
+  M1: {{connection: sim, counter: {{signal: count, unit: a}}}}
+  M2: {{connection: sim, counter: {{signal: count, unit: b}}}}
+"""
+
+
+def _health(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as answer:
+            data: dict[str, Any] = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        data = json.loads(exc.read())
+    except OSError:
+        return {}
+    return data
+
+
+def test_a_machine_prodsmart_forbids_waits_alone(tmp_path: Path) -> None:
+    """Issue 10 item 12, end to end: the agent process keeps sending M1's counts while Prodsmart
+    answers 403 to M2's calls; /healthz and one ERROR line name M2; nothing is dead-lettered."""
+    sandbox = start_sandbox(SandboxOptions(machines={"M1": ["Stopped"], "M2": ["Stopped"]}))
+    sandbox.inject(Fault("status", status=403, machine="M2", count=-1))
+    port = free_port()
+    config = write_config(tmp_path / "agent.yaml", TWO.format(url=sandbox.url, db=tmp_path / "agent.db",
+                                                              metrics=port))
+    try:
+        with AgentProcess(config, agent_env(sandbox)) as agent:
+            wait_until(lambda: any(r["status"] == 403 for r in sandbox.ledger().rejected), 20,
+                       message="M2 refused")
+            first = (sandbox.ledger().counters.get("M1") or {}).get("count") or 0
+            wait_until(lambda: (sandbox.ledger().counters.get("M1") or {}).get("count", 0) > first + 20, 20,
+                       message=f"M1 counts going on\n{agent.output()}")
+            assert "Prodsmart forbids machine M2 (HTTP 403)" in _health(port).get("problems", [])
+            errors = [x for x in agent.output().splitlines() if " ERROR " in x]
+            assert len(errors) == 1 and "M2" in errors[0] and "403" in errors[0], errors
+            assert "M2" not in sandbox.ledger().counters
+            assert "no dead letters" in _cli("dead-letters", str(config), "list").stdout
+    finally:
+        sandbox.stop()
