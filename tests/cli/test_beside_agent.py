@@ -246,3 +246,43 @@ def test_a_machine_prodsmart_forbids_waits_alone(tmp_path: Path) -> None:
             assert "no dead letters" in _cli("dead-letters", str(config), "list").stdout
     finally:
         sandbox.stop()
+
+
+PARAMS = """
+prodsmart: {{url: {url}, timeout: 2s, retry_min: 100ms, retry_max: 1s}}
+storage: {{path: {db}, commit_interval: 100ms}}
+metrics: {{listen: "127.0.0.1:{metrics}"}}
+connections:
+  sim:
+    simulated: {{seed: 5, poll: 100ms, rate: 20, cycle: 1000s, stopped: 0s}}
+machines:
+  M1:
+    connection: sim
+    counter: {{signal: count, unit: a}}
+    parameters:
+      temperature: {{signal: temperature, unit: a, min_interval: 1h}}
+"""
+
+
+def test_a_refused_parameter_leaves_the_count_alone(tmp_path: Path) -> None:
+    """Issue 10 item 11, end to end: Prodsmart refuses (400) the first counter call of M1, which
+    carries the temperature. The count goes again without it; the parameter alone is a dead letter."""
+    sandbox = start_sandbox(SandboxOptions(machines={"M1": ["Stopped"]}))
+    # The parameters endpoint is down, so the temperature waits and rides on the first counter call.
+    sandbox.inject(Fault("status", status=503, endpoint="parameters", count=-1))
+    sandbox.inject(Fault("status", status=400, endpoint="counter", machine="M1", count=1))
+    config = write_config(tmp_path / "agent.yaml", PARAMS.format(
+        url=sandbox.url, db=tmp_path / "agent.db", metrics=free_port()))
+    try:
+        with AgentProcess(config, agent_env(sandbox)) as agent:
+            wait_until(lambda: sandbox.ledger().counters.get("M1"), 20,
+                       message=f"a refused call, then counts\n{agent.output()}")
+            (refused,) = [r for r in sandbox.ledger().rejected if r["endpoint"] == "counter"]
+            assert refused["body"]["parameters"][0]["name"] == "temperature", refused
+            first = next(a for a in sandbox.ledger().accepted if a["endpoint"] == "counter")
+            assert first["body"] == {"count": refused["body"]["count"]}  # the same count, alone
+            listing = _cli("dead-letters", str(config), "list").stdout
+            assert listing.count("HTTP 400") == 1 and " parameters " in listing, listing
+            assert "temperature" in listing
+    finally:
+        sandbox.stop()
