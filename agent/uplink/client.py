@@ -39,6 +39,7 @@ __all__ = ["Credentials", "Uplink", "parse_retry_after"]
 log = logging.getLogger(__name__)
 
 PRIORITY = {"startstop": 0, "counter": 1, "parameters": 2}
+IDLE_RECHECK = 5.0  # seconds: how often an idle uplink looks at the database again
 DEFAULT_RETRY_AFTER = 60.0
 MAX_RETRY_AFTER = 3600.0  # a bogus Retry-After must not silence the agent for days
 
@@ -208,9 +209,11 @@ class Uplink:
                 await asyncio.gather(*tasks.values(), return_exceptions=True)
 
     async def _nap(self, seconds: float | None) -> None:
-        """Sleep until woken (a commit, a finished call) or for `seconds`."""
+        """Sleep until woken (a commit, a finished call) or for `seconds`; never longer than
+        IDLE_RECHECK, because a command beside the agent (`dead-letters retry`, `rebase`) queues
+        or thaws calls in the database without waking it."""
         try:
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout(IDLE_RECHECK if seconds is None else min(seconds, IDLE_RECHECK)):
                 await self._wake.wait()
         except TimeoutError:
             pass

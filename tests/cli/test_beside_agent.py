@@ -286,3 +286,37 @@ def test_a_refused_parameter_leaves_the_count_alone(tmp_path: Path) -> None:
             assert "temperature" in listing
     finally:
         sandbox.stop()
+
+
+IDLE = """
+prodsmart: {{url: {url}, timeout: 2s, retry_min: 100ms, retry_max: 1s}}
+storage: {{path: {db}, commit_interval: 100ms}}
+metrics: {{listen: "127.0.0.1:{metrics}"}}
+connections:
+  sim:
+    simulated: {{seed: 5, poll: 100ms, rate: 20, cycle: 1000s, stopped: 1000s}}
+machines:
+  M1:
+    connection: sim
+    counter: {{signal: count, unit: a}}
+    running: {{signal: running, unit: a}}
+    stop_reason: {{default: Coffee break}}
+"""
+
+
+def test_a_dead_letter_retried_beside_an_idle_agent_is_sent(tmp_path: Path) -> None:
+    """The machine stands still (nothing new is committed, nothing wakes the uplink); a dead
+    letter the technician retries must still go out, without a restart."""
+    sandbox = start_sandbox(SandboxOptions(machines={"M1": ["Stopped"]}))
+    config = write_config(tmp_path / "agent.yaml", IDLE.format(
+        url=sandbox.url, db=tmp_path / "agent.db", metrics=free_port()))
+    try:
+        with AgentProcess(config, agent_env(sandbox)):
+            wait_until(lambda: "HTTP 400" in _cli("dead-letters", str(config), "list").stdout, 20,
+                       message="the stop refused")
+            sandbox.set_options(machines={"M1": ["Stopped", "Coffee break"]})
+            assert _cli("dead-letters", str(config), "retry").returncode == 0
+            wait_until(lambda: sandbox.ledger().runs.get("M1"), 15, message="the retried stop sent")
+            assert [r["type"] for r in sandbox.ledger().runs["M1"]] == ["Coffee break"]
+    finally:
+        sandbox.stop()
