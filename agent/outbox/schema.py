@@ -94,6 +94,7 @@ _V2 = (
         UNIQUE (machine, role, id)
     )""",
     "CREATE INDEX IF NOT EXISTS delta_ids_age ON delta_ids (seen)",
+    "CREATE INDEX IF NOT EXISTS delta_ids_role ON delta_ids (machine, role, n)",  # the count bound
     """INSERT OR IGNORE INTO delta_ids (machine, role, id, seen)
        SELECT s.machine, c.key, CAST(i.value AS TEXT), (julianday('now') - 2440587.5) * 86400.0
        FROM state AS s, json_each(s.data, '$.counters') AS c, json_each(c.value, '$.ids') AS i
