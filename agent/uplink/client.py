@@ -3,7 +3,8 @@
 The only module (with `agent.uplink.auth` and `agent.uplink.outcomes`) that imports httpx. Every
 answer is classed once (`agent.uplink.outcomes.classify`, which documents the classes) and
 settled here, in `_settle`, into an outcome for the outbox: acknowledged, retried on its lane,
-a pause of every lane or of one machine's, or a dead letter.
+a pause of every lane or of one machine's, or a dead letter (refusals: `agent.uplink.refusals`,
+whose methods `Uplink` inherits).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from agent.core.backoff import Backoff
 from agent.core.metrics import Metrics
 from agent.outbox.store import Call, Head, Outbox
 from agent.uplink.auth import Credentials, TokenAuth, protect_http_loggers, redact
-from agent.uplink.outcomes import classify, excerpt, is_token_request, may_have_arrived
+from agent.uplink.outcomes import classify, is_token_request, may_have_arrived
 from agent.uplink.ratelimit import TokenBucket
+from agent.uplink.refusals import Refusals
 
 __all__ = ["Credentials", "Uplink", "parse_retry_after"]
 
@@ -75,7 +77,7 @@ class _Pause:
     until: float = 0.0
 
 
-class Uplink:
+class Uplink(Refusals):
     """Sends the outbox's calls to Prodsmart until cancelled; `wake()` after each commit."""
 
     def __init__(
@@ -319,35 +321,6 @@ class Uplink:
             lane.failing = False
             log.info("Prodsmart takes the calls of %s again", call.machine)
 
-    async def _refused(self, call: Call, response: httpx.Response) -> None:
-        text = redact(response.text)
-        status = response.status_code
-        if call.kind == "counter" and status == 400 and self._pattern.search(text):
-            if await self._outbox.outcome_unknown(call):
-                await self._delivered(call)
-                self._metrics.already_delivered.inc()
-                log.info("Counter call of %s was already applied by an earlier attempt whose outcome was "
-                         "unknown (Prodsmart: %s): counted as delivered", call.machine, excerpt(text))
-                return
-            dead = await self._outbox.dead_letter(call, status, text, time.time())
-            log.error("Prodsmart refused the counter of %s as not increasing although no earlier attempt "
-                      "can have reached it: the agent's totals and Prodsmart disagree (rebase the machine?). "
-                      "Kept as dead letter %d: %s", call.machine, dead, excerpt(text))
-            return
-        if call.kind == "counter" and status == 400 and call.body.get("parameters"):
-            # The parameters ride along: one Prodsmart refuses must not take the count with it.
-            dead = await self._outbox.split_parameters(call, status, text, time.time())
-            log.warning("Prodsmart refused the counter call of %s with parameters (HTTP 400): %s; the "
-                        "parameters are kept as dead letter %d, the count goes again without them",
-                        call.machine, excerpt(text), dead)
-        else:
-            dead = await self._outbox.dead_letter(call, status, text, time.time())
-            log.warning("Prodsmart refused the %s call of %s (HTTP %d): %s; kept as dead letter %d",
-                        call.kind, call.machine, status, excerpt(text), dead)
-        lane = self._lane(call.machine)
-        lane.backoff.reset()
-        lane.until = 0.0
-
     async def _retry(self, call: Call, *, unknown: bool, reason: str, detail: str) -> None:
         await self._outbox.attempt_failed(call, unknown=unknown)
         self._metrics.retries.labels(call.kind, reason).inc()
@@ -361,26 +334,6 @@ class Uplink:
 
     # ------------------------------------------------------------------ pauses
 
-    def _forbidden(self, call: Call) -> None:
-        """A 403 to one machine's call: that machine alone waits, probing about every `auth_retry`.
-        A second machine refused before any call got through is the credentials, not the machines:
-        every lane waits, as for a refused token request."""
-        if self._forbidden_streak and call.machine not in self._forbidden_streak:
-            self._forbidden_streak.add(call.machine)
-            self._auth_refused(403, False)
-            return
-        self._forbidden_streak.add(call.machine)
-        lane = self._lane(call.machine)
-        lane.until = self._clock() + self._auth_retry * self._rng.uniform(0.8, 1.2)
-        self._metrics.auth_failures.inc()
-        if lane.forbidden:
-            log.debug("Prodsmart still forbids the calls of %s (HTTP 403)", call.machine)
-            return
-        lane.forbidden = True
-        log.error("Prodsmart forbids the calls of machine %s (HTTP 403): it waits, the other machines go "
-                  "on; check that the machine code exists in Prodsmart and that the API key may use it. "
-                  "Trying again about every %g s", call.machine, self._auth_retry)
-
     def _rate_limited(self, response: httpx.Response) -> None:
         seconds = parse_retry_after(response.headers.get("Retry-After"))
         self._bucket.empty()
@@ -389,18 +342,6 @@ class Uplink:
         self._start_pause("rate_limited", seconds)
         log.log(logging.WARNING if first else logging.DEBUG,
                 "Prodsmart's rate limit is reached (HTTP 429): every machine waits %.0f s", seconds)
-
-    def _auth_refused(self, status: int, for_token: bool) -> None:
-        first = self._pause.reason != "auth"
-        self._metrics.auth_failures.inc()
-        self._start_pause("auth", self._auth_retry * self._rng.uniform(0.8, 1.2))
-        what = "the access token request" if for_token else "the API credentials"
-        if first:
-            log.error("Prodsmart refused %s (HTTP %d): nothing is sent until they work; check "
-                      "PRODSMART_API_KEY and PRODSMART_API_SECRET. Trying again about every %g s",
-                      what, status, self._auth_retry)
-        else:
-            log.debug("Prodsmart still refuses %s (HTTP %d)", what, status)
 
     def _start_pause(self, reason: str, seconds: float) -> None:
         if self._pause.reason is not None and self._pause.reason != reason:
