@@ -157,13 +157,13 @@ def test_a_rebase_beside_the_agent_keeps_the_parts_it_has_not_sent(tmp_path: Pat
     options = sandbox.options
     db = tmp_path / "agent.db"
     t0 = time.time()
-    start, stop = t0 + 4.0, t0 + 14.0
+    start, stop = t0 + 8.0, t0 + 18.0  # the agent must be up (its first readings) before start
     config = write_config(tmp_path / "agent.yaml", REBASE.format(
         url=sandbox.url, db=db, metrics=free_port(), start=start, stop=stop))
     cut = Fault("outage", machine="M1", count=-1)
     try:
         with AgentProcess(config, agent_env(sandbox)) as agent:
-            wait_until(lambda: db.exists() and _rows(db).get("state"), 15, message="the first readings")
+            wait_until(lambda: db.exists() and _rows(db).get("state"), 8, message="the first readings")
             assert time.time() < start, "the agent took too long to start"
             time.sleep(max(0.0, start + 3.0 - time.time()))
             sandbox.inject(cut)  # parts queue up from here
