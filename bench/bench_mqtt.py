@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -127,12 +128,16 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
 
-async def bench(seconds: float, topics: int, rate: float, inflight: int) -> None:
+async def bench(seconds: float, topics: int, rate: float, inflight: int,
+                synced: bool = True) -> tuple[float, float, float]:
+    """(messages/s, p50 ms, p99 ms). `synced=False` measures what the agent did before issue 10
+    item 13: the commit releasing PUBACKs not synced to disk (synchronous=NORMAL alone)."""
     with tempfile.TemporaryDirectory() as folder:
         broker = Mosquitto(Path(folder) / "broker", inflight=inflight).start()
         try:
             assert broker.proc is not None
-            await _run(broker.port, broker.proc.pid, Path(folder) / "agent.db", seconds, topics, rate)
+            return await _run(broker.port, broker.proc.pid, Path(folder) / "agent.db", seconds, topics,
+                              rate, synced)
         finally:
             broker.stop()
 
@@ -146,9 +151,17 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _run(port: int, broker_pid: int, db: Path, seconds: float, topics: int, rate: float) -> None:
+async def _run(port: int, broker_pid: int, db: Path, seconds: float, topics: int, rate: float,
+               synced: bool) -> tuple[float, float, float]:
     cfg = parse_config(_config(topics, port, str(db)))
     outbox = await Outbox.open(str(db))
+    if not synced:
+        commit = outbox.commit
+
+        async def unsynced(*args: Any, sync: bool = False) -> None:
+            await commit(*args, sync=False)
+
+        outbox.commit = unsynced  # type: ignore[method-assign]
     metrics = Metrics()
     pipeline = Pipeline(Logic(cfg.machines, await outbox.load_states()), outbox, metrics,
                         cfg.storage.commit_interval, lambda: None)
@@ -185,6 +198,8 @@ async def _run(port: int, broker_pid: int, db: Path, seconds: float, topics: int
             await task
     await outbox.close()
     _report(meter, elapsed, cpu, topics, rate, others)
+    lat = meter.latencies
+    return (meter.count / max(elapsed, 1e-9), percentile(lat, 50) * 1000, percentile(lat, 99) * 1000)
 
 
 def _report(meter: Meter, elapsed: float, cpu: float, topics: int, rate: float,
@@ -211,8 +226,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="messages per second per topic")
     parser.add_argument("--inflight", type=int, default=20,
                         help="Mosquitto max_inflight_messages (20: its default)")
+    parser.add_argument("--compare-sync", action="store_true",
+                        help="also run with the commit before the PUBACKs not synced: what syncing costs")
     args = parser.parse_args()
-    asyncio.run(bench(args.seconds, args.topics, args.rate, args.inflight))
+    synced = asyncio.run(bench(args.seconds, args.topics, args.rate, args.inflight))
+    figures = f"synced: {synced[0]:,.0f} msg/s p50 {synced[1]:.1f} ms p99 {synced[2]:.1f} ms"
+    if args.compare_sync:
+        print("--- again, the commit before the PUBACKs not synced (as before issue 10 item 13):")
+        plain = asyncio.run(bench(args.seconds, args.topics, args.rate, args.inflight, synced=False))
+        figures += (f"; not synced: {plain[0]:,.0f} msg/s p50 {plain[1]:.1f} ms p99 {plain[2]:.1f} ms"
+                    f"; sync costs {(1 - synced[0] / max(plain[0], 1e-9)) * 100:.0f}% throughput")
+    print(f"RESULT mqtt {args.topics}x{args.rate:g}Hz inflight {args.inflight}: {figures}")
 
 
 if __name__ == "__main__":

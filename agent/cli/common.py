@@ -9,6 +9,7 @@ from agent.core.errors import PlainError
 if TYPE_CHECKING:
     from agent.config.problems import ConfigError
     from agent.config.specs import AgentConfig
+    from agent.outbox.opening import Access
     from agent.outbox.store import Outbox
 
 
@@ -33,9 +34,11 @@ def load(path: str) -> AgentConfig:
         raise ConfigFailed(exc) from None
 
 
-async def open_outbox(cfg: AgentConfig) -> Outbox:
+async def open_outbox(cfg: AgentConfig, access: Access) -> Outbox:
+    """The database, beside a possibly running agent: "reader" only reads; "operator" writes in
+    transactions serialised with the agent's and never touches the agent's calls in flight."""
     from agent.outbox.store import Outbox
 
     return await Outbox.open(cfg.storage.path, synchronous=cfg.storage.synchronous,
                              max_size_mb=cfg.storage.max_size_mb,
-                             waste_without_count=cfg.prodsmart.waste_without_count)
+                             waste_without_count=cfg.prodsmart.waste_without_count, access=access)

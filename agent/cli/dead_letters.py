@@ -11,7 +11,7 @@ from agent.cli.common import load, open_outbox
 
 async def command(args: argparse.Namespace, out: TextIO) -> int:
     cfg = load(args.config)
-    outbox = await open_outbox(cfg)
+    outbox = await open_outbox(cfg, "reader" if args.action == "list" else "operator")
     try:
         letters = await outbox.dead_letters()
         if args.action == "list":

@@ -24,7 +24,7 @@ EXAMPLES = {
     "probe": "prodsmart-edge probe modbus --host 192.168.10.20 --holding 100 --count 4\n"
              "  prodsmart-edge probe opcua --url opc.tcp://192.168.10.30:4840 --browse\n"
              "  prodsmart-edge probe mqtt --config /etc/prodsmart-edge/agent.yaml --machine PACK-03",
-    "rebase": "prodsmart-edge rebase /etc/prodsmart-edge/agent.yaml PRESS-01 15230",
+    "rebase": "prodsmart-edge rebase /etc/prodsmart-edge/agent.yaml PRESS-01 15230 --waste Scrap=120",
     "dead-letters": "prodsmart-edge dead-letters /etc/prodsmart-edge/agent.yaml list",
     "demo": "prodsmart-edge demo --seconds 30",
 }
@@ -59,6 +59,8 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     rebase.add_argument("config")
     rebase.add_argument("machine")
     rebase.add_argument("count", type=int, help="the machine's current counter in Prodsmart")
+    rebase.add_argument("--waste", action="append", default=[], metavar="CODE=QUANTITY",
+                        help="also a waste code's current quantity in Prodsmart (repeatable)")
     dead = cmd("dead-letters", "List, retry or drop calls Prodsmart refused.")
     dead.add_argument("config")
     dead.add_argument("action", choices=["list", "retry", "drop"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 from typing import TextIO
 
 from agent.cli.common import load
@@ -25,6 +26,8 @@ async def command(args: argparse.Namespace, out: TextIO) -> int:
     else:
         key, secret = load_api_secrets()
     setup_logging(cfg.logging.format, cfg.logging.level, [key, secret])
+    for warning in cfg.warnings:
+        logging.getLogger("agent.config").warning("%s", warning)
     agent = Agent(cfg, Credentials(key, secret), dry_run=args.dry_run, out=out)
     notifier = Notifier()
     install_signal_handlers(agent, on_stop=lambda: notifier.notify("STOPPING=1"),

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import time
 import urllib.error
 import urllib.request
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.cli.common import load, open_outbox
 from agent.config.specs import AgentConfig
+
+if TYPE_CHECKING:
+    from agent.outbox.admin import DeadLetter, MachineStats
 
 
 def _live(listen: str) -> dict[str, Any] | None:
@@ -35,12 +40,15 @@ def _age(seconds: float | None) -> str:
 
 
 async def print_status(cfg: AgentConfig, out: TextIO) -> int:
-    outbox = await open_outbox(cfg)
-    try:
-        stats = {s.machine: s for s in await outbox.stats(time.time())}
-        dead = await outbox.dead_letters()
-    finally:
-        await outbox.close()
+    stats: dict[str, MachineStats] = {}
+    dead: list[DeadLetter] = []
+    if await asyncio.to_thread(os.path.exists, cfg.storage.path):  # else: nothing recorded yet
+        outbox = await open_outbox(cfg, "reader")  # read-only: never changes the agent's state
+        try:
+            stats = {s.machine: s for s in await outbox.stats(time.time())}
+            dead = await outbox.dead_letters()
+        finally:
+            await outbox.close()
     live = _live(cfg.metrics.listen) if cfg.metrics.enabled else None
     if live is None:
         out.write(f"agent: no answer on {cfg.metrics.listen} (not running, or metrics disabled)\n")

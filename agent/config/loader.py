@@ -57,7 +57,7 @@ def load_config(path: str | Path) -> AgentConfig:
     except OSError as exc:
         raise ConfigError([Problem(file, None, "", f"cannot read the file: {exc.strerror}")]) from None
     except UnicodeDecodeError:
-        raise ConfigError([Problem(file, None, "", "the file is not UTF-8 text")]) from None
+        raise ConfigError([Problem(file, 1, "", "the file is not UTF-8 text (a binary file?)")]) from None
     return parse_config(text, file)
 
 
@@ -66,6 +66,9 @@ def parse_config(text: str, file: str = "<config>") -> AgentConfig:
         located = load_yaml(text)
     except YamlError as exc:
         raise ConfigError([Problem(file, exc.line, "", exc.message)]) from None
+    if located.data in (None, {}) and not _has_content(text):
+        raise ConfigError([Problem(file, 1, "", "the file is empty or holds only comments: it needs at "
+                                   "least connections and machines")])
     if not isinstance(located.data, dict):
         raise ConfigError([Problem(file, 1, "", "the file must be a mapping of sections")])
     out = Collector(file, located)
@@ -110,7 +113,13 @@ def parse_config(text: str, file: str = "<config>") -> AgentConfig:
         logging=sections.get("logging") or LoggingSection(),
         connections=specs,
         machines={code: m for code, m in machines.items() if m is not None},
+        warnings=tuple(out.warnings),
     )
+
+
+def _has_content(text: str) -> bool:
+    """Whether the text holds anything but blank lines and comments."""
+    return any(line.strip() and not line.strip().startswith("#") for line in text.splitlines())
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {
@@ -247,6 +256,10 @@ class _TagBinder:
         key = self._register(spec, "counter" if path[0] == "counter" else "waste")
         if role.mode == "delta":
             self._register(spec, "delta")  # sources treat increments specially (MQTT: retained replays)
+            if "id" in type(spec).model_fields and getattr(spec, "id", None) is None:
+                self.builder.out.warn((*self.base, *path), "a delta counter without id: a message the "
+                                      "broker delivers twice (QoS 1, after a reconnect) is counted twice; "
+                                      "give id: the JSON path of a message id, if the publisher sends one")
         return CounterSpec(key, role.mode, modulus, role.max_rate, role.confirm_reset)
 
     def running(self, raw: Any) -> RunningSpec | None:

@@ -46,10 +46,16 @@ class Collector:
         self.file = file
         self.located = located
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []  # usable, but probably not what was meant
 
     def add(self, path: KeyPath, message: str) -> None:
-        line = self.located.line_of(path)
+        # A key that is missing altogether has no line: the file's first line, so FILE:LINE holds.
+        line = self.located.line_of(path) or 1
         self.problems.append(Problem(self.file, line, _dotted(path), message))
+
+    def warn(self, path: KeyPath, message: str) -> None:
+        line = self.located.line_of(path) or 1
+        self.warnings.append(Problem(self.file, line, _dotted(path), f"warning: {message}"))
 
     def validate(self, model: type[BaseModel], data: Any, path: KeyPath) -> Any:
         """Validate `data` at `path`; record every error and return None on failure."""

@@ -53,6 +53,14 @@ class StorageSection(Strict):
     commit_interval: Duration = 0.2
     max_size_mb: float = Field(default=256, gt=0)
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.strip():
+            # SQLite would open a temporary database: every count and queued call gone at the restart.
+            raise ValueError("must name the database file, e.g. /var/lib/prodsmart-edge/agent.db")
+        return value
+
 
 class MetricsSection(Strict):
     enabled: bool = True

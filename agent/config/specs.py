@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from agent.config.problems import Problem
 from agent.config.sections import (
     HealthSection,
     LoggingSection,
@@ -105,6 +106,7 @@ class AgentConfig:
     logging: LoggingSection
     connections: Mapping[str, ConnectionSpec]
     machines: Mapping[str, MachineSpec]
+    warnings: tuple[Problem, ...] = ()  # usable, but probably not what was meant (`check` shows them)
 
 
 def _text(value: Scalar) -> str:

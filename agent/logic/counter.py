@@ -22,8 +22,10 @@
   reading is a new baseline; the total is kept, so it never decreases.
 
 `mode: delta` (a publisher sending "3 more parts"): every good value is added. Readings that
-carry a `msg_id` are checked against the last `DEDUPE_IDS` ids of the role, which are
-persisted with the state so that a redelivery after a restart is still caught.
+carry a `msg_id` are checked against the last `DEDUPE_IDS` ids of the role. The ids are not
+part of the dumped state: each new one is handed out once (`drain_ids`) for the outbox to store
+in its own table, which gives them back in the loaded state ("ids") so that a redelivery after a
+restart is still caught.
 
 A reading marked `redelivered` (MQTT DUP after a crash) below `raw_last` is an old total:
 ignored, never taken for a drop.
@@ -48,7 +50,8 @@ MIN_RATE_WINDOW = 1.0  # seconds: the shortest interval max_rate is applied over
 class Counter:
     """The state of one counter role of one machine ("count" or "waste:<code>")."""
 
-    __slots__ = ("code", "ids", "key", "pending", "raw", "role", "seen", "sink", "spec", "t", "total")
+    __slots__ = ("code", "fresh", "ids", "key", "pending", "raw", "role", "seen", "sink", "spec", "t",
+                 "total")
 
     def __init__(self, sink: Sink, role: str, spec: CounterSpec, state: Any = None) -> None:
         self.sink = sink
@@ -62,6 +65,7 @@ class Counter:
         self.t: float | None = None  # when the baseline was last read (for max_rate)
         self.ids: deque[str] = deque(maxlen=DEDUPE_IDS)
         self.seen: set[str] = set()
+        self.fresh: list[str] = []  # ids counted since the last drain_ids
         if state is not None:
             self._load(state)
 
@@ -178,6 +182,7 @@ class Counter:
             if len(self.ids) == DEDUPE_IDS:
                 self.seen.discard(self.ids[0])
             self.ids.append(msg_id)
+            self.fresh.append(msg_id)
             self.seen.add(msg_id)
         if self._implausible(inc, now):
             self.sink.notice("jump_rejected", self.role, f"+{inc}")
@@ -193,9 +198,12 @@ class Counter:
     def dump(self) -> dict[str, Any]:
         state: dict[str, Any] = {"key": self.key, "total": self.total, "raw": self.raw,
                                  "pending": self.pending, "t": self.t}
-        if self.ids:
-            state["ids"] = list(self.ids)
         return state
+
+    def drain_ids(self) -> list[str]:
+        """The message ids counted since the last call, oldest first (for the outbox to store)."""
+        fresh, self.fresh = self.fresh, []
+        return fresh
 
     def _load(self, state: Any) -> None:
         if not isinstance(state, dict) or as_int(state.get("total")) is None or state["total"] < 0:

@@ -180,6 +180,15 @@ class Logic:
         self._dirty.clear()
         return states
 
+    def drain_delta_ids(self) -> list[tuple[str, str, str]]:
+        """(machine, role, message id) of every delta message counted since the last call."""
+        out: list[tuple[str, str, str]] = []
+        for code, m in self._machines.items():
+            for counter in (m.count, *m.waste.values()):
+                if counter is not None and counter.fresh:
+                    out.extend((code, counter.role, i) for i in counter.drain_ids())
+        return out
+
     def drain_notices(self) -> list[Notice]:
         notices = self._notices[:]
         self._notices.clear()

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiosqlite
 
-from agent.outbox.coalesce import Acked, Kind, Lane, parse_counter_body
+from agent.outbox.coalesce import Acked, Kind, Lane, greater_only, parse_counter_body
 from agent.outbox.types import Call, OutboxBase, _call_of, _j, _param_value
 
 # The name of the module these methods came from, so log lines read as they always did.
@@ -120,37 +120,72 @@ class OutboxAdmin(OutboxBase):
         if fresh:
             await self._upsert_params(db, fresh, now)
 
-    async def rebase(self, machine: str, count: int) -> int:
-        """Make the next count sent for `machine` greater than `count`; returns the new offset.
+    async def rebase(self, machine: str, count: int, waste: Mapping[str, int] | None = None) -> int:
+        """Make the next count (and waste quantities) sent for `machine` greater than what Prodsmart
+        holds (`count`, `waste`); returns the new count offset.
 
-        `count` is what Prodsmart holds now. The offset is chosen so that the next total the
-        logic reports goes out above it (and never at or below a count Prodsmart acknowledged);
-        queued, not yet attempted counter calls are rewritten with the new offset.
+        The offset is taken from the last *acknowledged* total: the parts counted since, queued
+        or in flight, are not in Prodsmart's count yet, so they go out above it. Queued calls are
+        rewritten with the new offsets (an attempted one thaws: its old body would be refused);
+        a call in flight keeps its body but is marked "unknown outcome", so that Prodsmart
+        refusing it as not increasing ends it as delivered, its parts riding on the next call.
         """
+        waste = dict(waste or {})
         async with self._tx() as db:
             rows = list(await db.execute_fetchall(
-                "SELECT count_offset, last_total, acked_count FROM machines WHERE machine = ?", (machine,)))
-            old, total, acked = (int(rows[0][0]), rows[0][1], rows[0][2]) if rows else (0, None, None)
-            floor = count if acked is None else max(count, int(acked))
-            offset = floor - int(total or 0)
+                "SELECT count_offset, acked_count FROM machines WHERE machine = ?", (machine,)))
+            old, acked = (int(rows[0][0]), rows[0][1]) if rows else (0, None)
+            floor, offset = _rebased(count, old, acked)
             await db.execute(
                 "INSERT INTO machines (machine, count_offset, acked_count) VALUES (?, ?, ?) "
                 "ON CONFLICT (machine) DO UPDATE SET count_offset = excluded.count_offset, "
                 "acked_count = excluded.acked_count", (machine, offset, floor))
-            await self._rewrite_queued(db, machine, offset - old, floor)
-        log.info("Rebased %s: Prodsmart holds %d, offset is now %d", machine, floor, offset)
+            shifts = await self._rebase_waste(db, machine, waste)
+            await self._rewrite_queued(db, machine, offset - old, shifts)
+        log.info("Rebased %s: Prodsmart holds %d, offset is now %d%s", machine, floor, offset,
+                 "".join(f"; waste {c} offset shifted by {s}" for c, s in sorted(shifts.items())))
         return offset
 
-    async def _rewrite_queued(self, db: aiosqlite.Connection, machine: str, shift: int, floor: int) -> None:
+    async def _rebase_waste(
+        self, db: aiosqlite.Connection, machine: str, waste: Mapping[str, int]
+    ) -> dict[str, int]:
+        """New offsets and acknowledged quantities of the waste codes rebased; returns their shifts."""
+        acked = (await self._waste_of(db, "acked_waste", _j([machine]))).get(machine, {})
+        offsets = await self._waste_offsets(db, _j([machine]))
+        shifts: dict[str, int] = {}
+        for code, quantity in waste.items():
+            old = offsets.get(machine, {}).get(code, 0)
+            floor, offset = _rebased(quantity, old, acked.get(code))
+            shifts[code] = offset - old
+            await db.execute(
+                "INSERT INTO waste_offsets (machine, code, quantity_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT (machine, code) DO UPDATE SET quantity_offset = excluded.quantity_offset",
+                (machine, code, offset))
+            await db.execute(
+                "INSERT INTO acked_waste (machine, code, quantity) VALUES (?, ?, ?) "
+                "ON CONFLICT (machine, code) DO UPDATE SET quantity = excluded.quantity",
+                (machine, code, floor))
+        return shifts
+
+    async def _rewrite_queued(
+        self, db: aiosqlite.Connection, machine: str, shift: int, shifts: Mapping[str, int]
+    ) -> None:
+        await db.execute(
+            "UPDATE calls SET unknown = 1 WHERE machine = ? AND kind = 'counter' AND inflight = 1",
+            (machine,))
+        acked = (await self._machine_info(db, _j([machine])))[1].get(machine, Acked())
         rows = await db.execute_fetchall(
-            "SELECT id, count, waste FROM calls WHERE machine = ? AND kind = 'counter' AND attempts = 0",
+            "SELECT id, count, waste FROM calls WHERE machine = ? AND kind = 'counter' AND inflight = 0",
             (machine,))
         for call_id, count, waste in rows:
-            new = None if count is None or count + shift <= floor else count + shift
-            if new is None and not waste:
+            moved = {c: q + shifts.get(c, 0) for c, q in (json.loads(waste) if waste else {}).items()}
+            new, kept, _ = greater_only(None if count is None else count + shift, moved, acked)
+            if new is None and not kept:
                 await db.execute("DELETE FROM calls WHERE id = ?", (call_id,))
             else:
-                await db.execute("UPDATE calls SET count = ? WHERE id = ?", (new, call_id))
+                await db.execute(
+                    "UPDATE calls SET count = ?, waste = ?, body = NULL, attempts = 0, unknown = 0, "
+                    "param_seq = 0 WHERE id = ?", (new, _j(kept) if kept else None, call_id))
 
     # ------------------------------------------------------------------ inspection
 
@@ -207,6 +242,17 @@ class OutboxAdmin(OutboxBase):
             self._metrics.queue_depth.labels(s.machine).set(s.depth)
             self._metrics.oldest_pending.labels(s.machine).set(s.oldest_pending_age or 0.0)
         self._metrics.dead_letters.set(sum(s.dead_letters for s in stats))
+
+
+def _rebased(held: int, old_offset: int, acked: int | None) -> tuple[int, int]:
+    """(what Prodsmart holds from now on, the new offset) for a rebase to `held`.
+
+    The parts acknowledged so far are `acked - old_offset` of the logic's total (none if nothing
+    was ever acknowledged); everything counted after them goes out above `held`. Never below a
+    value Prodsmart acknowledged."""
+    floor = held if acked is None else max(held, int(acked))
+    acked_total = 0 if acked is None else int(acked) - old_offset
+    return floor, floor - acked_total
 
 
 def _by_machine(rows: Iterable[Any]) -> dict[str, tuple[Any, ...]]:

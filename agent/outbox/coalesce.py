@@ -76,11 +76,13 @@ class Lane:
         held: Mapping[str, int],
         hold: bool,
         now: float,
+        waste_offsets: Mapping[str, int] | None = None,
     ) -> None:
         self.machine = machine
         self.tail = tail
         self._stored = tail  # the only stored call a commit may change
         self.offset = offset
+        self.waste_offsets = waste_offsets or {}  # per waste code, set by `rebase`
         self.acked = acked
         self.held = dict(held)
         self.held_changed = False
@@ -94,6 +96,8 @@ class Lane:
         if total is not None:
             self.last_total = total
         count = None if total is None else self.offset + total
+        if self.waste_offsets:
+            waste = {c: q + self.waste_offsets.get(c, 0) for c, q in waste.items()}
         count, kept, dropped = greater_only(count, waste, self.acked)
         self.dropped += dropped
         if count is None and not kept:

@@ -135,6 +135,15 @@ class OutboxDelivery(OutboxBase):
             await db.executemany("DELETE FROM params WHERE machine = ? AND code = ? AND seq <= ?",
                                  [(call.machine, c, call.param_seq) for c in codes])
 
+    async def outcome_unknown(self, call: Call) -> bool:
+        """Whether an attempt of the call may have been applied, as the database knows it now (a
+        rebase while the call was in flight marks it so: its old count may be below Prodsmart's)."""
+        if call.unknown:
+            return True
+        async with self._read() as db:
+            rows = list(await db.execute_fetchall("SELECT unknown FROM calls WHERE id = ?", (call.id,)))
+        return bool(rows and rows[0][0])
+
     async def attempt_failed(self, call: Call, *, unknown: bool) -> None:
         """The attempt did not get an answer; `unknown`: it may have reached Prodsmart."""
         if not call.id:
@@ -166,6 +175,25 @@ class OutboxDelivery(OutboxBase):
             await db.execute("UPDATE calls SET count = ?, waste = ? WHERE id = ?",
                              (count, _j(waste) if waste else None, call.id))
             await db.execute("DELETE FROM calls WHERE id = ?", (nid,))
+
+    async def split_parameters(self, call: Call, status: int, response: str, now: float) -> int:
+        """Prodsmart refused a counter call that carries parameters: keep the parameters alone as a
+        dead letter (parameters-endpoint form, so a retry sends them there) and queue the count
+        again without them; a refused call was not applied. Returns the dead letter's id."""
+        values = {str(p["name"]): p["value"] for p in call.body.get("parameters", [])}
+        letter = Call(0, call.machine, "parameters", parameters_body(values), call.attempts,
+                      param_seq=call.param_seq, created=call.created)
+        body = {k: v for k, v in call.body.items() if k != "parameters"}
+        text = response.encode("utf-8", "replace")[:RESPONSE_LIMIT].decode("utf-8", "ignore")
+        async with self._tx() as db:
+            await self._forget_params(db, letter)
+            await db.execute("UPDATE calls SET body = ?, param_seq = 0, inflight = 0 WHERE id = ?",
+                             (_j(body), call.id))
+            cursor = await db.execute(
+                "INSERT INTO dead_letters (machine, kind, body, status, response, attempts, created, "
+                "failed_at) VALUES (?, 'parameters', ?, ?, ?, ?, ?, ?)",
+                (call.machine, _j(letter.body), status, text, call.attempts, call.created, now))
+            return int(cursor.lastrowid or 0)
 
     async def dead_letter(self, call: Call, status: int, response: str, now: float) -> int:
         """Prodsmart refused the call: move it to the dead letters; returns the dead letter's id."""

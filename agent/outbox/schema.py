@@ -1,8 +1,13 @@
-"""The outbox's SQLite schema and its migrations (version N applies MIGRATIONS[N] in one transaction)."""
+"""The outbox's SQLite schema and its migrations (version N applies MIGRATIONS[N] in one transaction).
+
+Every migration step is idempotent (IF NOT EXISTS, INSERT OR IGNORE), and all steps up to
+SCHEMA_VERSION run with the version bump in one transaction: a database is either at its old
+version, untouched, or fully migrated.
+"""
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = (
     """CREATE TABLE state (
@@ -75,6 +80,35 @@ _V1 = (
     "INSERT INTO meta (key, value) VALUES ('param_seq', 0)",
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
+# Version 2: delta de-duplication ids leave the state JSON for their own table (bounded by count
+# and age, written once per id instead of rewritten with the state on every commit), and waste
+# codes get rebase offsets. The ids a version-1 state holds are carried over, oldest first; the
+# state JSON drops them at the machine's next commit.
+_V2 = (
+    """CREATE TABLE IF NOT EXISTS delta_ids (
+        n       INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: the oldest go first
+        machine TEXT NOT NULL,
+        role    TEXT NOT NULL,           -- "count" or "waste:<code>"
+        id      TEXT NOT NULL,
+        seen    REAL NOT NULL,           -- unix time it was committed
+        UNIQUE (machine, role, id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS delta_ids_age ON delta_ids (seen)",
+    "CREATE INDEX IF NOT EXISTS delta_ids_role ON delta_ids (machine, role, n)",  # the count bound
+    """INSERT OR IGNORE INTO delta_ids (machine, role, id, seen)
+       SELECT s.machine, c.key, CAST(i.value AS TEXT), (julianday('now') - 2440587.5) * 86400.0
+       FROM state AS s, json_each(s.data, '$.counters') AS c, json_each(c.value, '$.ids') AS i
+       WHERE json_valid(s.data) AND json_type(s.data, '$.counters') = 'object'
+         AND json_type(c.value, '$.ids') = 'array'
+       ORDER BY s.machine, c.key, i.key""",
+    """CREATE TABLE IF NOT EXISTS waste_offsets (
+        machine  TEXT NOT NULL,
+        code     TEXT NOT NULL,
+        quantity_offset INTEGER NOT NULL,  -- added to the waste total sent; set by `rebase`
+        PRIMARY KEY (machine, code)
+    )""",
+)
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

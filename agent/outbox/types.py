@@ -18,12 +18,13 @@ from agent.outbox.coalesce import Acked, Kind, Lane, counter_body, startstop_bod
 
 
 class OutboxBase:
-    """What `agent.outbox.store.Outbox` provides to its base classes (delivery, admin): declared here
+    """What `agent.outbox.store.Outbox` provides to its base classes (delivery, admin, lanes): declared here
     once, for the type checker only, so those modules can use Outbox's transactions and helpers."""
 
     if TYPE_CHECKING:
         _hold: bool
         _metrics: Metrics | None
+        _warned: set[str]
 
         def _read(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
 
@@ -32,6 +33,10 @@ class OutboxBase:
         async def _machine_info(
             self, db: aiosqlite.Connection, names: str
         ) -> tuple[dict[str, int], dict[str, Acked]]: ...
+
+        async def _waste_offsets(
+            self, db: aiosqlite.Connection, names: str
+        ) -> dict[str, dict[str, int]]: ...
 
         async def _waste_of(
             self, db: aiosqlite.Connection, table: str, names: str

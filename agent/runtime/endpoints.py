@@ -56,6 +56,8 @@ async def assess(agent: Agent) -> Health:
         problems.append(f"oldest queued call waiting {oldest:.0f}s")
     if agent.uplink is not None and agent.uplink.paused == "auth":
         problems.append("Prodsmart refuses the API credentials")
+    if agent.uplink is not None:
+        problems += [f"Prodsmart forbids machine {m} (HTTP 403)" for m in agent.uplink.forbidden]
     return Health(not problems, tuple(problems), depth, oldest, up, len(agent.connections))
 
 

@@ -45,6 +45,7 @@ class Pipeline:
         self.last_cycle = time.monotonic()  # the watchdog stops while this gets old
         self.last: dict[tuple[str, str], Reading] = {}  # newest reading per tag, for `status`
         self._states: dict[str, dict[str, Any]] = {}  # logic states not yet committed
+        self._ids: list[tuple[str, str, str]] = []  # delta message ids not yet committed
         self.storage_problem: str | None = None  # the database refuses commits (disk full...)
         self._storage_backoff = Backoff(1.0, 60.0)
         self._retry_at = 0.0
@@ -94,19 +95,22 @@ class Pipeline:
         again with backoff. The agent stays up: an alert, not a crash loop."""
         self._notices(self.logic.drain_notices())
         self._states.update(self.logic.dirty_states())
+        self._ids.extend(self.logic.drain_delta_ids())
         if self.storage_problem is not None and time.monotonic() < self._retry_at:
             if len(self._events) > HELD_EVENTS:
                 self._events = compact(self._events)
             return
         if self._states or self._events:
             try:
-                await self.outbox.commit(self._states, self._events, time.time())
+                # Synced when it releases durable emitters: their acknowledgements follow it.
+                await self.outbox.commit(self._states, self._events, time.time(), self._ids,
+                                         sync=bool(self._waiters))
             except StorageError as exc:
                 self._storage_failed(exc)
                 return
             if self._events:
                 self.on_commit()
-            self._states, self._events = {}, []
+            self._states, self._events, self._ids = {}, [], []
         if self.storage_problem is not None:
             log.info("The database takes commits again; nothing was lost")
             self.storage_problem = None

@@ -92,7 +92,8 @@ class Agent:
         cfg = self.config
         self.outbox = outbox = await Outbox.open(
             cfg.storage.path, synchronous=cfg.storage.synchronous, max_size_mb=cfg.storage.max_size_mb,
-            metrics=self.metrics, waste_without_count=cfg.prodsmart.waste_without_count)
+            metrics=self.metrics, waste_without_count=cfg.prodsmart.waste_without_count,
+            access="copy" if self.dry_run else "agent")  # a dry run leaves the database as found
         try:
             self.uplink = uplink = Uplink(outbox, cfg.prodsmart, self.credentials, self.metrics,
                                           dry_run=self.dry_run, out=self.out)

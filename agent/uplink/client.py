@@ -1,15 +1,10 @@
 """Drains the outbox to Prodsmart: one HTTP client, a shared rate limit, FIFO lanes, retries, pauses.
 
-The only module (with `agent.uplink.auth`) that imports httpx. Every answer is classed once,
-in `_settle`, into an outcome for the outbox:
-- 2xx: acknowledged;
-- network error, timeout, 5xx: retried with backoff on that machine's lane only; if the request
-  may have reached Prodsmart the call is marked "unknown outcome";
-- 429: every lane waits for Retry-After; 401/403: every lane waits (bad credentials never turn
-  the queue into dead letters), probing again about once a minute;
-- a 400 "not increasing" to a counter call that an earlier attempt with an unknown outcome
-  may already have applied: delivered (docs/design.md, "Not increasing" after an unknown outcome);
-- any other 4xx: dead letter, and the lane goes on.
+The only module (with `agent.uplink.auth` and `agent.uplink.outcomes`) that imports httpx. Every
+answer is classed once (`agent.uplink.outcomes.classify`, which documents the classes) and
+settled here, in `_settle`, into an outcome for the outbox: acknowledged, retried on its lane,
+a pause of every lane or of one machine's, or a dead letter (refusals: `agent.uplink.refusals`,
+whose methods `Uplink` inherits).
 """
 
 from __future__ import annotations
@@ -37,18 +32,18 @@ from agent.core.backoff import Backoff
 from agent.core.metrics import Metrics
 from agent.outbox.store import Call, Head, Outbox
 from agent.uplink.auth import Credentials, TokenAuth, protect_http_loggers, redact
+from agent.uplink.outcomes import classify, is_token_request, may_have_arrived
 from agent.uplink.ratelimit import TokenBucket
+from agent.uplink.refusals import Refusals
 
 __all__ = ["Credentials", "Uplink", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
 PRIORITY = {"startstop": 0, "counter": 1, "parameters": 2}
+IDLE_RECHECK = 5.0  # seconds: how often an idle uplink looks at the database again
 DEFAULT_RETRY_AFTER = 60.0
 MAX_RETRY_AFTER = 3600.0  # a bogus Retry-After must not silence the agent for days
-# Errors raised before the request left this machine: Prodsmart cannot have applied it.
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol,
-            httpx.LocalProtocolError)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float:
@@ -73,6 +68,7 @@ class _Lane:
     until: float = 0.0
     failing: bool = False
     served: int = -1
+    forbidden: bool = False  # Prodsmart answers 403 to this machine alone
 
 
 @dataclass
@@ -81,7 +77,7 @@ class _Pause:
     until: float = 0.0
 
 
-class Uplink:
+class Uplink(Refusals):
     """Sends the outbox's calls to Prodsmart until cancelled; `wake()` after each commit."""
 
     def __init__(
@@ -115,6 +111,7 @@ class Uplink:
         self._auth_url = settings.url + settings.paths.authorization
         self._lanes: dict[str, _Lane] = {}
         self._pause = _Pause()
+        self._forbidden_streak: set[str] = set()  # machines answered 403 since the last delivery
         self._serial = itertools.count()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -130,6 +127,11 @@ class Uplink:
         if reason == "rate_limited" and self._clock() >= self._pause.until:
             return None
         return reason
+
+    @property
+    def forbidden(self) -> list[str]:
+        """The machines whose calls Prodsmart refuses with 403 while the credentials work."""
+        return sorted(m for m, lane in self._lanes.items() if lane.forbidden)
 
     def wake(self) -> None:
         self._idle.clear()
@@ -209,9 +211,11 @@ class Uplink:
                 await asyncio.gather(*tasks.values(), return_exceptions=True)
 
     async def _nap(self, seconds: float | None) -> None:
-        """Sleep until woken (a commit, a finished call) or for `seconds`."""
+        """Sleep until woken (a commit, a finished call) or for `seconds`; never longer than
+        IDLE_RECHECK, because a command beside the agent (`dead-letters retry`, `rebase`) queues
+        or thaws calls in the database without waking it."""
         try:
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout(IDLE_RECHECK if seconds is None else min(seconds, IDLE_RECHECK)):
                 await self._wake.wait()
         except TimeoutError:
             pass
@@ -270,7 +274,7 @@ class Uplink:
             response = await client.post(path, json=dict(call.body))
         except httpx.HTTPError as exc:
             self._metrics.calls.labels(call.kind, "error").inc()
-            sent = not isinstance(exc, NOT_SENT)
+            sent = may_have_arrived(exc, self._auth_url)
             detail = f"{type(exc).__name__}: {redact(exc) or 'no detail'}"
             await self._retry(call, unknown=sent, reason="timeout" if isinstance(
                 exc, httpx.TimeoutException) else "network", detail=detail)
@@ -282,59 +286,40 @@ class Uplink:
     async def _settle(self, call: Call, response: httpx.Response) -> None:
         status = response.status_code
         self._metrics.calls.labels(call.kind, str(status)).inc()
-        for_token = response.request.url.path == httpx.URL(self._auth_url).path
-        if status in (401, 403):
+        for_token = is_token_request(response.request, self._auth_url)
+        verdict = classify(status, for_token=for_token)
+        if verdict in ("forbidden", "auth", "rate_limited"):
             await self._outbox.attempt_failed(call, unknown=False)
-            self._auth_refused(status, for_token)
-            return
-        if status == 429:
-            await self._outbox.attempt_failed(call, unknown=False)
-            self._rate_limited(response)
+            if verdict == "forbidden":
+                self._forbidden(call)
+            elif verdict == "auth":
+                self._auth_refused(status, for_token)
+            else:
+                self._rate_limited(response)
             return
         self._end_pause("auth", "Prodsmart accepts the API credentials again")
         self._end_pause("rate_limited", "Prodsmart takes calls again after its rate limit")
-        if for_token:
-            await self._retry(call, unknown=False, reason="token",
-                              detail=f"cannot get an access token: HTTP {status}")
-        elif response.is_success:
+        if verdict == "delivered":
             await self._delivered(call)
-        elif status >= 500 or status == 408:
-            await self._retry(call, unknown=True, reason=f"http_{status}", detail=f"HTTP {status}")
-        elif 400 <= status < 500:
+        elif verdict == "refused":
             await self._refused(call, response)
-        else:  # 1xx/3xx: not applied; a redirect here is a misconfigured URL, not the call's fault
-            await self._retry(call, unknown=False, reason=f"http_{status}", detail=f"HTTP {status}")
+        else:
+            detail = f"cannot get an access token: HTTP {status}" if for_token else f"HTTP {status}"
+            await self._retry(call, unknown=verdict == "retry_unknown",
+                              reason="token" if for_token else f"http_{status}", detail=detail)
 
     async def _delivered(self, call: Call) -> None:
         await self._outbox.ack(call, time.time())
+        self._forbidden_streak.clear()
         lane = self._lane(call.machine)
         lane.backoff.reset()
         lane.until = 0.0
+        if lane.forbidden:
+            lane.forbidden = False
+            log.info("Prodsmart allows the calls of %s again", call.machine)
         if lane.failing:
             lane.failing = False
             log.info("Prodsmart takes the calls of %s again", call.machine)
-
-    async def _refused(self, call: Call, response: httpx.Response) -> None:
-        text = redact(response.text)
-        status = response.status_code
-        if call.kind == "counter" and status == 400 and self._pattern.search(text):
-            if call.unknown:
-                await self._delivered(call)
-                self._metrics.already_delivered.inc()
-                log.info("Counter call of %s was already applied by an earlier attempt whose outcome was "
-                         "unknown (Prodsmart: %s): counted as delivered", call.machine, _excerpt(text))
-                return
-            dead = await self._outbox.dead_letter(call, status, text, time.time())
-            log.error("Prodsmart refused the counter of %s as not increasing although no earlier attempt "
-                      "can have reached it: the agent's totals and Prodsmart disagree (rebase the machine?). "
-                      "Kept as dead letter %d: %s", call.machine, dead, _excerpt(text))
-            return
-        dead = await self._outbox.dead_letter(call, status, text, time.time())
-        log.warning("Prodsmart refused the %s call of %s (HTTP %d): %s; kept as dead letter %d",
-                    call.kind, call.machine, status, _excerpt(text), dead)
-        lane = self._lane(call.machine)
-        lane.backoff.reset()
-        lane.until = 0.0
 
     async def _retry(self, call: Call, *, unknown: bool, reason: str, detail: str) -> None:
         await self._outbox.attempt_failed(call, unknown=unknown)
@@ -357,18 +342,6 @@ class Uplink:
         self._start_pause("rate_limited", seconds)
         log.log(logging.WARNING if first else logging.DEBUG,
                 "Prodsmart's rate limit is reached (HTTP 429): every machine waits %.0f s", seconds)
-
-    def _auth_refused(self, status: int, for_token: bool) -> None:
-        first = self._pause.reason != "auth"
-        self._metrics.auth_failures.inc()
-        self._start_pause("auth", self._auth_retry * self._rng.uniform(0.8, 1.2))
-        what = "the access token request" if for_token else "the API credentials"
-        if first:
-            log.error("Prodsmart refused %s (HTTP %d): nothing is sent until they work; check "
-                      "PRODSMART_API_KEY and PRODSMART_API_SECRET. Trying again about every %g s",
-                      what, status, self._auth_retry)
-        else:
-            log.debug("Prodsmart still refuses %s (HTTP %d)", what, status)
 
     def _start_pause(self, reason: str, seconds: float) -> None:
         if self._pause.reason is not None and self._pause.reason != reason:
@@ -393,8 +366,3 @@ def _reap(tasks: dict[str, asyncio.Task[None]]) -> None:
             del tasks[machine]
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
-
-
-def _excerpt(text: str, limit: int = 200) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit] + "..."

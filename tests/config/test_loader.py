@@ -126,3 +126,55 @@ machines:
   P: {connection: broker, counter: {topic: a/b, jsn: count}}
 """)
     assert "did you mean 'json'?" in str(info.value)
+
+
+# --------------------------------------------------------------------------- issue 10 item 16
+
+
+def test_empty_strings_that_would_lose_data_are_problems_with_their_line(tmp_path: Path) -> None:
+    text = """storage:
+  path: ""
+connections:
+  plc: {modbus: {host: ""}}
+machines:
+  M1: {connection: plc, counter: {holding: 100}}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "agent.yaml")
+    got = [str(p) for p in info.value.problems]
+    assert any(p.startswith("agent.yaml:2: storage.path") for p in got), got
+    assert any(p.startswith("agent.yaml:4: connections.plc") and "host" in p for p in got), got
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("empty", b""),
+    ("comments", b"# nothing here yet\n   \n# still nothing\n"),
+    ("binary", bytes(range(256)) * 4),
+])
+def test_an_unusable_file_gets_file_line_1(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / f"{name}.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [str(p).startswith(f"{path}:1: ") for p in info.value.problems] == [True], info.value.problems
+    checked = _cli("check", str(path))
+    assert checked.returncode == 1 and checked.stderr.startswith(f"{path}:1: "), checked.stderr
+
+
+def test_check_warns_about_a_delta_counter_without_id(tmp_path: Path) -> None:
+    """Issue 10 item 14: without an id a QoS 1 redelivery of a delta is counted twice."""
+    path = tmp_path / "agent.yaml"
+    path.write_text("""connections:
+  broker: {mqtt: {host: 127.0.0.1}}
+machines:
+  LABEL-04: {connection: broker, counter: {topic: a/produced, json: qty, mode: delta}}
+  LABEL-05: {connection: broker, counter: {topic: b/produced, json: qty, mode: delta, id: id},
+             waste: {Scrap: {topic: b/scrap, json: qty, mode: delta}}}
+""")
+    checked = _cli("check", str(path))
+    assert checked.returncode == 0, checked.stderr
+    warnings = [x for x in checked.stderr.splitlines() if "warning" in x]
+    assert len(warnings) == 2, checked.stderr
+    assert "LABEL-04" in warnings[0] and "counter" in warnings[0] and "id" in warnings[0]
+    assert "LABEL-05" in warnings[1] and "Scrap" in warnings[1]
+    assert f"{path}:4: " in warnings[0] and f"{path}:6: " in warnings[1]

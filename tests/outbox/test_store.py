@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -10,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.config.specs import CounterSpec, MachineSpec
 from agent.core.metrics import Metrics
-from agent.core.model import CounterChanged, ParametersChanged, RunStateChanged
+from agent.core.model import CounterChanged, ParametersChanged, Reading, RunStateChanged
+from agent.logic.counter import DEDUPE_IDS
+from agent.logic.machine import Logic
+from agent.outbox.dedupe import MAX_ID_AGE
+from agent.outbox.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 from agent.outbox.store import Call, Outbox, StorageError
 
 
@@ -162,13 +168,61 @@ async def test_rebase_makes_the_next_count_greater_than_prodsmarts(box: Outbox) 
     await deliver(box, "A")
     await box.commit({}, [CounterChanged("A", 50, {"Scrap": 1})], now=2.0)  # queued, not attempted
     offset = await box.rebase("A", 5000)
-    assert offset == 5000 - 50
-    # The queued count is at or below 5000 now: dropped; its waste still goes.
-    assert bodies(await box.queued()) == [("A", "counter", {"waste": [{"code": "Scrap", "quantity": 1}]})]
+    # Prodsmart acknowledged a total of 40: the 10 parts counted since are not in its 5000 yet, so
+    # they go out above it (issue 10 item 10: the offset was taken from the last counted total,
+    # 50, which dropped the queued call and lost those 10 parts).
+    assert offset == 5000 - 40
+    assert bodies(await box.queued()) == [
+        ("A", "counter", {"count": 5010, "waste": [{"code": "Scrap", "quantity": 1}]})]
     await box.commit({}, [CounterChanged("A", 51)], now=3.0)
-    assert (await box.queued())[0].body["count"] == 5001
+    assert (await box.queued())[0].body["count"] == 5011
     stats = (await box.stats(4.0))[0]
     assert (stats.offset, stats.acked_count) == (offset, 5000)
+
+
+async def test_rebase_keeps_parts_counted_before_the_first_acknowledgement(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 30)], now=1.0)  # never sent: Prodsmart has none of it
+    assert await box.rebase("A", 700) == 700
+    assert bodies(await box.queued()) == [("A", "counter", {"count": 730})]
+
+
+async def test_rebase_of_a_waste_code(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 10, {"Scrap": 4, "Burr": 2})], now=1.0)
+    await deliver(box, "A")
+    await box.commit({}, [CounterChanged("A", 12, {"Scrap": 6})], now=2.0)  # 2 scrap queued
+    await box.rebase("A", 1000, {"Scrap": 300})
+    assert bodies(await box.queued()) == [
+        ("A", "counter", {"count": 1002, "waste": [{"code": "Scrap", "quantity": 302}]})]
+    await box.commit({}, [CounterChanged("A", 13, {"Scrap": 7, "Burr": 3})], now=3.0)
+    assert bodies(await box.queued()) == [("A", "counter", {
+        "count": 1003, "waste": [{"code": "Burr", "quantity": 3}, {"code": "Scrap", "quantity": 303}]})]
+    stats = (await box.stats(4.0))[0]
+    assert dict(stats.acked_waste) == {"Scrap": 300, "Burr": 2}
+
+
+async def test_a_rebase_racing_a_call_in_flight(box: Outbox) -> None:
+    """The call in flight carries the old offset; Prodsmart refuses it as not increasing. That is
+    not a disagreement to dead-letter: its parts go out with the next call, above the new count."""
+    await box.commit({}, [CounterChanged("A", 40)], now=1.0)
+    await deliver(box, "A")
+    await box.commit({}, [CounterChanged("A", 50)], now=2.0)
+    flying = await send_head(box, "A")
+    await box.rebase("A", 5000)
+    assert await box.outcome_unknown(flying)
+    await box.ack(flying, 3.0)  # what the uplink does with "not increasing" after an unknown outcome
+    await box.commit({}, [CounterChanged("A", 55)], now=4.0)
+    assert bodies(await box.queued()) == [("A", "counter", {"count": 5015})]
+
+
+async def test_rebase_thaws_an_attempted_call(box: Outbox) -> None:
+    await box.commit({}, [CounterChanged("A", 40)], now=1.0)
+    await deliver(box, "A")
+    await box.commit({}, [CounterChanged("A", 50)], now=2.0)
+    failed = await send_head(box, "A")
+    await box.attempt_failed(failed, unknown=True)  # frozen with the old offset
+    await box.rebase("A", 5000)
+    again = await send_head(box, "A")
+    assert dict(again.body) == {"count": 5010} and not again.unknown
 
 
 async def test_rebase_never_goes_below_an_acknowledged_count(box: Outbox) -> None:
@@ -439,3 +493,125 @@ async def test_a_call_with_an_unknown_outcome_stays_frozen(box: Outbox) -> None:
     assert len(await box.queued("M1")) == 2
     again = await send_head(box, "M1")
     assert dict(again.body) == {"count": 10} and again.unknown
+
+
+async def test_a_command_beside_the_agent_leaves_its_calls_in_flight(box: Outbox) -> None:
+    """Issue 10 item 7: `status` (reader) and `rebase`/`dead-letters retry` (operator) open the
+    database while the agent has a call in flight; the call must still thaw and merge after a
+    failure that never reached Prodsmart."""
+    await box.commit({}, [CounterChanged("M1", 10, {})], 1.0)
+    call = await send_head(box, "M1")
+    await box.commit({}, [CounterChanged("M1", 20, {})], 2.0)
+    reader = await Outbox.open(box.path, access="reader")
+    assert [s.depth for s in await reader.stats(3.0)] == [2]
+    with pytest.raises(StorageError, match="read-only"):
+        await reader.drop_dead_letter(1)  # a reader cannot write, whatever it calls
+    await reader.close()
+    operator = await Outbox.open(box.path, access="operator")
+    await operator.close()
+    await box.attempt_failed(call, unknown=False)
+    (merged,) = await box.queued("M1")
+    assert dict(merged.body) == {"count": 20}
+
+
+async def test_a_reader_needs_an_existing_current_database(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="does not exist yet"):
+        await Outbox.open(str(tmp_path / "none.db"), access="reader")
+    assert not os.listdir(tmp_path)
+    with sqlite3.connect(tmp_path / "other.db") as con:
+        con.execute("CREATE TABLE t (x)")
+    with pytest.raises(StorageError, match="no prodsmart-edge schema"):
+        await Outbox.open(str(tmp_path / "other.db"), access="reader")
+
+
+# ---------------------------------------------------------------- delta de-duplication ids (issue 10 item 14)
+
+
+def _delta_logic(states: dict[str, dict[str, object]] | None = None) -> Logic:
+    spec = MachineSpec("M1", "broker", counter=CounterSpec("parts", mode="delta"))
+    return Logic({"M1": spec}, states)
+
+
+async def test_delta_ids_live_in_their_own_table_bounded_by_count_and_age(box: Outbox) -> None:
+    logic = _delta_logic()
+    for i in range(DEDUPE_IDS + 50):
+        logic.apply(Reading("broker", "parts", 1, msg_id=f"m{i}"), float(i))
+        if i % 1000 == 999 or i == DEDUPE_IDS + 49:
+            await box.commit(logic.dirty_states(), [], 1000.0, logic.drain_delta_ids())
+    async with box._read() as db:
+        (size,), = await db.execute_fetchall("SELECT length(data) FROM state")
+        (stored, oldest), = await db.execute_fetchall(
+            "SELECT COUNT(*), (SELECT id FROM delta_ids ORDER BY n LIMIT 1) FROM delta_ids")
+    assert size < 500, "the ids are rewritten with the state on every commit"
+    assert (stored, oldest) == (DEDUPE_IDS, "m50")
+    restarted = _delta_logic(await box.load_states())
+    assert restarted.apply(Reading("broker", "parts", 1, msg_id=f"m{DEDUPE_IDS + 49}"), 1e5) == []
+    assert restarted.apply(Reading("broker", "parts", 1, msg_id="m0"), 1e5) != []  # beyond the bound
+    await box.commit(restarted.dirty_states(), [], 1000.0 + MAX_ID_AGE + 1, restarted.drain_delta_ids())
+    assert _delta_logic(await box.load_states()).apply(
+        Reading("broker", "parts", 1, msg_id="m60"), 1e5) != []  # older than the age bound: forgotten
+
+
+async def test_a_version_1_database_moves_its_delta_ids_out_of_the_state(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as con:
+        for sql in (*MIGRATIONS[1], VERSION_TABLE, "INSERT INTO schema_version VALUES (1)"):
+            con.execute(sql)
+        state = {"v": 1, "counters": {"count": {"key": "parts", "total": 7, "raw": None, "pending": None,
+                                                "t": 5.0, "ids": ["a", "b"]}}}
+        con.execute("INSERT INTO state VALUES ('M1', ?)", (json.dumps(state),))
+    box = await Outbox.open(str(path))
+    try:
+        logic = _delta_logic(await box.load_states())
+        assert logic.apply(Reading("broker", "parts", 1, msg_id="b"), 9.0) == []
+        assert logic.apply(Reading("broker", "parts", 1, msg_id="c"), 9.0) == [CounterChanged("M1", 8, {})]
+    finally:
+        await box.close()
+    again = await Outbox.open(str(path))  # migrating is done once; opening again changes nothing
+    try:
+        async with again._read() as db:
+            assert await db.execute_fetchall("SELECT id FROM delta_ids ORDER BY n") == [("a",), ("b",)]
+            assert await db.execute_fetchall("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    finally:
+        await again.close()
+
+
+# ---------------------------------------------------------------- durable commits (issue 10 item 13)
+
+_SYNC_SCRIPT = """
+import asyncio, os, sys
+from agent.core.model import CounterChanged
+from agent.outbox.store import Outbox
+
+async def main():
+    box = await Outbox.open(sys.argv[1])
+    try:
+        await box.commit({}, [CounterChanged("A", 1)], 1.0)  # settle the first-commit set-up
+        os.getppid()
+        await box.commit({}, [CounterChanged("A", 2)], 2.0)
+        os.getppid()
+        await box.commit({}, [CounterChanged("A", 3)], 3.0, sync=True)
+        os.getppid()
+    finally:
+        await box.close()
+
+asyncio.run(main())
+"""
+
+
+def test_the_commit_that_releases_a_durable_emitter_is_synced(tmp_path: Path) -> None:
+    """With synchronous=NORMAL a WAL commit is not synced: after a power cut it may be gone
+    although the MQTT PUBACK went out. A commit made for a durable emitter is synced (seen as
+    an fsync/fdatasync of the database's files between the markers, traced with strace)."""
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,getppid", "-o", str(trace),
+                    sys.executable, "-c", _SYNC_SCRIPT, str(tmp_path / "agent.db")],
+                   check=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    calls = [line for line in trace.read_text().splitlines() if "(" in line and "resumed" not in line]
+    names = [line.split(None, 1)[1].split("(")[0] for line in calls]
+    marks = [i for i, name in enumerate(names) if name == "getppid"]
+    assert len(marks) == 3, names
+    plain = names[marks[0] + 1:marks[1]]
+    durable = names[marks[1] + 1:marks[2]]
+    assert plain == [], f"a plain commit is not synced with synchronous=NORMAL: {plain}"
+    assert any(n in ("fsync", "fdatasync") for n in durable), durable

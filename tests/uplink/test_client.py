@@ -446,7 +446,8 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def sandbox_uplink(box: Outbox, sandbox: Sandbox, **changes: Any) -> Uplink:
-    return Uplink(box, settings(url=sandbox.url, **changes), CREDS, Metrics())
+    extra = {k: changes.pop(k) for k in ("auth_retry",) if k in changes}
+    return Uplink(box, settings(url=sandbox.url, **changes), CREDS, Metrics(), **extra)
 
 
 async def produce(box: Outbox, uplink: Uplink, machines: list[str], rounds: int) -> dict[str, int]:
@@ -498,3 +499,79 @@ async def test_sandbox_tokens_are_renewed_when_they_expire(box: Outbox, sandbox:
     assert [a["auth"] for a in ledger.accepted] == ["token"] * 4
     assert [a["method"] for a in ledger.authorizations][:2] == ["GET", "POST"]
     assert await box.dead_letters() == []
+
+
+async def test_a_failed_token_request_never_marks_the_call_unknown(box: Outbox, sandbox: Sandbox) -> None:
+    """Issue 10 item 9: the token request failed, the counter call never left; a genuine "not
+    increasing" afterwards must stay a dead letter, not be swallowed as "already delivered"."""
+    async with httpx.AsyncClient(base_url=sandbox.url, auth=("key", "secret")) as direct:
+        assert (await direct.post("/api/machines/A/counter", json={"count": 10})).status_code == 200
+    sandbox.inject(Fault("drop_before", endpoint="authorization", count=1))
+    await box.commit({}, [CounterChanged("A", 5)], now=time.time())
+    uplink = sandbox_uplink(box, sandbox, auth="token")
+    async with running(uplink):
+        await drained(box)
+    assert len(sandbox.ledger().faulted) == 1
+    (dead,) = await box.dead_letters()
+    assert dead.status == 400 and "not greater" in dead.response
+    assert sandbox.ledger().counters["A"]["count"] == 10
+
+
+async def test_a_refused_parameter_does_not_take_the_count_with_it(box: Outbox, sandbox: Sandbox) -> None:
+    """Issue 10 item 11: a 400 to a counter call that carries parameters sends the count again
+    without them, and keeps the parameters alone as a dead letter."""
+    sandbox.inject(Fault("status", status=400, endpoint="counter", machine="A", count=1))
+    await box.commit({}, [ParametersChanged("A", {"temp": 21.5}), CounterChanged("A", 7)], now=time.time())
+    async with running(sandbox_uplink(box, sandbox)):
+        await drained(box)
+    assert sandbox.ledger().counters["A"]["count"] == 7
+    (dead,) = await box.dead_letters()
+    assert (dead.kind, dict(dead.body), dead.status) == (
+        "parameters", {"parameters": [{"code": "temp", "value": 21.5}]}, 400)
+    assert await box.pending_parameters("A") == {}
+    # Retried later, the parameter goes to the parameters endpoint.
+    assert await box.retry_dead_letter(dead.id)
+    async with running(sandbox_uplink(box, sandbox)):
+        await drained(box)
+    assert sandbox.ledger().parameters["A"] == {"temp": 21.5}
+
+
+async def test_one_machines_403_pauses_only_that_machine(
+    box: Outbox, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10 item 12: a machine the API key may not use waits alone, with an alert naming it."""
+    sandbox.inject(Fault("status", status=403, machine="B", count=-1))
+    await box.commit({}, [CounterChanged(m, 1) for m in "ABC"], now=time.time())
+    uplink = sandbox_uplink(box, sandbox, auth_retry=30.0)
+    async with running(uplink):
+        await until(lambda: any(r["status"] == 403 for r in sandbox.ledger().rejected))
+        await box.commit({}, [CounterChanged("A", 2), CounterChanged("C", 2)], now=time.time())
+        uplink.wake()
+        await until(lambda: {m: c.get("count") for m, c in sandbox.ledger().counters.items()}
+                    == {"A": 2, "C": 2}, within=10.0)
+        assert uplink.paused is None and uplink.forbidden == ["B"]
+        deadline = time.monotonic() + 5.0
+        while [c.machine for c in await box.queued()] != ["B"]:  # the last acks are being written
+            assert time.monotonic() < deadline, await box.queued()
+            await asyncio.sleep(0.01)
+    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and "403" in r.getMessage()]
+    assert len(alerts) == 1 and "B" in alerts[0].getMessage()
+    assert await box.dead_letters() == []
+
+
+@pytest.mark.parametrize("where", ["token request", "every machine"])
+async def test_credentials_refused_everywhere_still_pause_everything(
+    box: Outbox, sandbox: Sandbox, where: str
+) -> None:
+    if where == "token request":
+        sandbox.inject(Fault("status", status=403, endpoint="authorization", count=-1))
+    else:  # the key may use no machine at all: that is the credentials, not one machine
+        sandbox.inject(Fault("status", status=403, count=-1))
+    await box.commit({}, [CounterChanged(m, 1) for m in "ABC"], now=time.time())
+    uplink = sandbox_uplink(box, sandbox, auth="token" if where == "token request" else "basic",
+                            auth_retry=30.0)
+    async with running(uplink):
+        await until(lambda: uplink.paused == "auth")
+        await asyncio.sleep(0.3)
+    assert len(await box.queued()) == 3
+    assert len(sandbox.ledger().rejected) <= 3

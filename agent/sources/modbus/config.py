@@ -82,6 +82,13 @@ class ModbusConnection(Strict):
     coils_from_zero: bool = False
     request_per_tag: bool = False
 
+    @field_validator("host", "serial")
+    @classmethod
+    def _named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("is empty: name the device (host: 192.168.10.20, serial: /dev/ttyUSB0)")
+        return value
+
     @field_validator("port", mode="before")
     @classmethod
     def _port(cls, value: Any) -> Any:
