@@ -102,6 +102,9 @@ async def bench(seconds: float, tags: int, units: int, rate: float) -> None:
     print(f"agent CPU per 1000 tag reads   {cpu / reads * 1000 * 1000:.2f} ms "
           f"({cpu:.2f} s CPU in {wall:.1f} s: {cpu / wall * 100:.1f}% of a core)")
     print(f"server CPU (other process)     {server_cpu:.2f} s ({server_cpu / wall * 100:.1f}% of a core)")
+    print(f"RESULT poll_hz={cycles / wall:.2f} overruns={source.overruns} "
+          f"interval_p99_ms={percentile(intervals, 99) * 1000:.2f} "
+          f"cpu_ms_per_1000_reads={cpu / reads * 1000 * 1000:.2f} requests_per_cycle={requests / cycles:.2f}")
 
 
 def main() -> None:

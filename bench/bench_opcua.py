@@ -158,6 +158,8 @@ def main() -> None:
           f"(-> machine logic: p50 {r['recv_p50_ms']:.0f} ms, p99 {r['recv_p99_ms']:.0f} ms)")
     print(f"  CPU (agent process): {r['cpu_per_10k']:.3f} s per 10,000 notifications "
           f"({r['cpu_share']:.0%} of one core)")
+    print(f"RESULT notifications_per_s={r['per_s']:.0f} written_per_s={r['written_per_s']:.0f} "
+          f"p50_ms={r['p50_ms']:.0f} p99_ms={r['p99_ms']:.0f} cpu_s_per_10k={r['cpu_per_10k']:.3f}")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def main() -> None:
         return
     print(f"{'machines':>9} {'readings':>9} {'readings/s':>11} {'CPU s/1M':>9} {'peak RSS MB':>11} "
           f"{'events':>8} {'queued':>7}")
+    results = []
     for machines in args.machines:
         out = subprocess.run([sys.executable, __file__, "--one", str(machines), "--readings",
                               str(args.readings)], capture_output=True, text=True, check=True)
@@ -111,6 +112,10 @@ def main() -> None:
         print(f"{r['machines']:>9} {r['readings']:>9} {r['readings_per_s']:>11,.0f} "
               f"{r['cpu_s_per_million']:>9.2f} {r['peak_rss_mb']:>11.1f} {r['events']:>8} "
               f"{r['queued_calls']:>7}")
+        results.append(r)
+    print("RESULT " + " ".join(f"readings_per_s_{r['machines']}={r['readings_per_s']:.0f} "
+                               f"cpu_s_per_million_{r['machines']}={r['cpu_s_per_million']:.2f} "
+                               f"peak_rss_mb_{r['machines']}={r['peak_rss_mb']:.1f}" for r in results))
 
 
 if __name__ == "__main__":
