@@ -10,6 +10,11 @@ in `_settle`, into an outcome for the outbox:
 - a 400 "not increasing" to a counter call that an earlier attempt with an unknown outcome
   may already have applied: delivered (DESIGN.md, the one rule, point 4);
 - any other 4xx: dead letter, and the lane goes on.
+
+Which call goes next is `agent.uplink.scheduler`'s choice (by lag); how many may go is the
+budget's (`agent.uplink.budget`: this agent's token bucket, or the company's shared one). A
+request taken from the budget for a call that is then not sent is given back; a 429 blocks the
+budget (a shared one: every agent of the company) until Retry-After.
 """
 
 from __future__ import annotations
@@ -33,17 +38,16 @@ import httpx
 
 from agent import __version__
 from agent.config.sections import ProdsmartSection
-from agent.core.backoff import Backoff
 from agent.core.metrics import Metrics
 from agent.outbox.store import Call, Head, Outbox
 from agent.uplink.auth import Credentials, TokenAuth, protect_http_loggers, redact
-from agent.uplink.ratelimit import TokenBucket
+from agent.uplink.budget import Budget, LocalBudget, take
+from agent.uplink.scheduler import Lane, Scheduler
 
 __all__ = ["Credentials", "Uplink", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
-PRIORITY = {"startstop": 0, "counter": 1, "parameters": 2}
 DEFAULT_RETRY_AFTER = 60.0
 MAX_RETRY_AFTER = 3600.0  # a bogus Retry-After must not silence the agent for days
 # Errors raised before the request left this machine: Prodsmart cannot have applied it.
@@ -65,14 +69,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float:
             return DEFAULT_RETRY_AFTER
         seconds = when.timestamp() - (time.time() if now is None else now)
     return min(MAX_RETRY_AFTER, max(1.0, seconds))
-
-
-@dataclass
-class _Lane:
-    backoff: Backoff
-    until: float = 0.0
-    failing: bool = False
-    served: int = -1
 
 
 @dataclass
@@ -98,6 +94,7 @@ class Uplink:
         burst: int = 2,
         auth_retry: float = 60.0,
         rng: random.Random | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self._outbox = outbox
         self._settings = settings
@@ -110,10 +107,10 @@ class Uplink:
         self._auth_retry = auth_retry
         self._rng = rng or random.Random()
         self._clock: Callable[[], float] = time.monotonic
-        self._bucket = TokenBucket(settings.requests_per_minute, burst)
+        self._budget: Budget = budget or LocalBudget(settings.requests_per_minute, metrics, burst=burst)
         self._pattern = re.compile(settings.not_increasing_pattern)
         self._auth_url = settings.url + settings.paths.authorization
-        self._lanes: dict[str, _Lane] = {}
+        self._scheduler = Scheduler(settings, self._rng)
         self._pause = _Pause()
         self._serial = itertools.count()
         self._wake = asyncio.Event()
@@ -130,6 +127,10 @@ class Uplink:
         if reason == "rate_limited" and self._clock() >= self._pause.until:
             return None
         return reason
+
+    @property
+    def budget(self) -> Budget:
+        return self._budget
 
     def wake(self) -> None:
         self._idle.clear()
@@ -163,7 +164,7 @@ class Uplink:
     async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
         auth: httpx.Auth
         if self._settings.auth == "token":
-            auth = TokenAuth(self._credentials, self._auth_url, pace=self._bucket.take)
+            auth = TokenAuth(self._credentials, self._auth_url, pace=lambda: take(self._budget))
         else:
             auth = httpx.BasicAuth(self._credentials.api_key, self._credentials.api_secret)
         limits = httpx.Limits(max_connections=self._concurrency + 1)
@@ -193,11 +194,12 @@ class Uplink:
                                 return True
                         await self._nap(wait)
                         continue
-                    if not self._dry_run and not self._bucket.try_take():
-                        await asyncio.sleep(self._bucket.delay())
+                    if not self._dry_run and not await self._spend(head):
                         continue  # choose again: a more urgent call may have come meanwhile
                     call = await self._outbox.begin_attempt(head)
-                    if call is None:
+                    if call is None:  # coalesced away or held: nothing is sent, the request is not spent
+                        if not self._dry_run:
+                            await self._budget.refund()
                         continue
                     self._lane(head.machine).served = next(self._serial)
                     task = asyncio.create_task(self._deliver(client, call), name=f"uplink {head.machine}")
@@ -207,6 +209,22 @@ class Uplink:
                 for task in tasks.values():
                     task.cancel()
                 await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def _spend(self, head: Head) -> bool:
+        """Take one request from the budget for `head`; else wait (woken by a commit) and say no."""
+        grant = await self._budget.acquire(spare=head.kind == "parameters")
+        if grant.granted:
+            return True
+        if grant.blocked and self._pause.reason is None:
+            # Another agent of the company got a 429: wait out its Retry-After like our own.
+            self._start_pause("rate_limited", grant.wait)
+            log.debug("Another agent of the company reached Prodsmart's rate limit: waiting %.0f s",
+                      grant.wait)
+        elif head.kind == "parameters":
+            await self._nap(grant.wait)  # a counter call may come meanwhile and carry them
+        else:
+            await asyncio.sleep(grant.wait)
+        return False
 
     async def _nap(self, seconds: float | None) -> None:
         """Sleep until woken (a commit, a finished call) or for `seconds`."""
@@ -226,32 +244,14 @@ class Uplink:
     def _choose(
         self, heads: list[Head], tasks: dict[str, asyncio.Task[None]]
     ) -> tuple[Head | None, float | None]:
-        """The next head to send (startstop, then counter, then parameters; round robin), or how
-        long to wait for a lane's backoff to end (None: until woken)."""
+        """The next head to send (see `agent.uplink.scheduler`), or how long to wait for a lane's
+        backoff to end (None: until woken)."""
         if len(tasks) >= self._concurrency or (self._pause.reason is not None and tasks):
             return None, None  # after a 429 or refused credentials, one probe at a time
-        now = self._clock()
-        ready: list[Head] = []
-        soonest: float | None = None
-        for head in heads:
-            if head.machine in tasks:
-                continue
-            lane = self._lanes.get(head.machine)
-            if lane is not None and lane.until > now:
-                soonest = lane.until if soonest is None else min(soonest, lane.until)
-                continue
-            ready.append(head)
-        if not ready:
-            return None, None if soonest is None else soonest - now
-        best = min(ready, key=lambda h: (PRIORITY[h.kind], self._lane(h.machine).served, h.machine))
-        return best, None
+        return self._scheduler.choose(heads, tasks, self._clock())
 
-    def _lane(self, machine: str) -> _Lane:
-        lane = self._lanes.get(machine)
-        if lane is None:
-            backoff = Backoff(self._settings.retry_min, self._settings.retry_max, rng=self._rng)
-            lane = self._lanes[machine] = _Lane(backoff)
-        return lane
+    def _lane(self, machine: str) -> Lane:
+        return self._scheduler.lane(machine)
 
     # ------------------------------------------------------------------ one call
 
@@ -271,6 +271,8 @@ class Uplink:
         except httpx.HTTPError as exc:
             self._metrics.calls.labels(call.kind, "error").inc()
             sent = not isinstance(exc, NOT_SENT)
+            if not sent:
+                await self._budget.refund()  # it never left this machine: Prodsmart did not count it
             detail = f"{type(exc).__name__}: {redact(exc) or 'no detail'}"
             await self._retry(call, unknown=sent, reason="timeout" if isinstance(
                 exc, httpx.TimeoutException) else "network", detail=detail)
@@ -289,7 +291,7 @@ class Uplink:
             return
         if status == 429:
             await self._outbox.attempt_failed(call, unknown=False)
-            self._rate_limited(response)
+            await self._rate_limited(response)
             return
         self._end_pause("auth", "Prodsmart accepts the API credentials again")
         self._end_pause("rate_limited", "Prodsmart takes calls again after its rate limit")
@@ -349,9 +351,9 @@ class Uplink:
 
     # ------------------------------------------------------------------ pauses
 
-    def _rate_limited(self, response: httpx.Response) -> None:
+    async def _rate_limited(self, response: httpx.Response) -> None:
         seconds = parse_retry_after(response.headers.get("Retry-After"))
-        self._bucket.empty()
+        await self._budget.block(seconds)  # with a shared budget: every agent of the company waits
         first = self._pause.reason != "rate_limited"
         self._metrics.rate_limited.inc()
         self._start_pause("rate_limited", seconds)

@@ -1,0 +1,107 @@
+"""The request budget the uplink spends: this agent's own token bucket, or a company's shared one.
+
+A budget hands out one request at a time (`acquire`), takes back a request that was not sent
+after all (`refund`: a token is never spent on a call that does not leave this machine), and
+hears about 429 answers (`block`). `LocalBudget` is the agent's own token bucket;
+`agent.uplink.shared.SharedBudget` shares the company's requests a minute between agents through
+Redis and falls back to a `LocalBudget` share while Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.core.metrics import Metrics
+from agent.uplink.ratelimit import TokenBucket
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The answer to a request for budget: `wait` 0 means one request was taken; otherwise
+    how long to wait before asking again. `blocked`: the company is past Prodsmart's limit (a
+    429 seen by this or another agent), every agent waits until its Retry-After."""
+
+    wait: float = 0.0
+    blocked: bool = False
+
+    @property
+    def granted(self) -> bool:
+        return self.wait <= 0.0
+
+
+class Budget(Protocol):
+    """What the uplink needs of a budget (local or shared)."""
+
+    async def acquire(self, *, spare: bool = False) -> Grant:
+        """Take one request now if possible; `spare`: only if nobody else needs it (parameters)."""
+        ...
+
+    async def refund(self) -> None:
+        """Give back a request taken for a call that was not sent."""
+        ...
+
+    async def block(self, seconds: float) -> None:
+        """Prodsmart answered 429: nobody may send for `seconds`, and the budget starts empty."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """For /status: mode ("local", "shared" or "fallback"), requests a minute, agents seen."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+async def take(budget: Budget) -> None:
+    """Wait until the budget grants one request (access-token requests count too)."""
+    while not (grant := await budget.acquire()).granted:  # noqa: ASYNC110 - waiting for time to pass
+        await asyncio.sleep(grant.wait)
+
+
+class LocalBudget:
+    """This agent's own token bucket: `per_minute` requests in any 60 s window."""
+
+    def __init__(self, per_minute: float, metrics: Metrics | None = None, *, burst: int = 2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self._bucket = TokenBucket(per_minute, burst, clock)
+        self._clock = clock
+        self._blocked_until = 0.0
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.budget_per_minute.set(per_minute)
+
+    async def acquire(self, *, spare: bool = False) -> Grant:
+        return self.acquire_now(spare=spare)
+
+    def acquire_now(self, *, spare: bool = False) -> Grant:
+        blocked = self._blocked_until - self._clock()
+        if blocked > 0:
+            return Grant(blocked, blocked=True)
+        if self._bucket.try_take(spare):
+            return Grant()
+        return Grant(self._bucket.delay(spare))
+
+    async def refund(self) -> None:
+        self.refund_now()
+
+    def refund_now(self) -> None:
+        self._bucket.give_back()
+        if self._metrics is not None:
+            self._metrics.budget_refunds.inc()
+
+    async def block(self, seconds: float) -> None:
+        self.block_now(seconds)
+
+    def block_now(self, seconds: float) -> None:
+        self._bucket.empty()
+        self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+
+    def describe(self) -> dict[str, object]:
+        return {"mode": "local", "requests_per_minute": self.per_minute}
+
+    async def close(self) -> None:
+        return None
