@@ -171,6 +171,13 @@ class OutboxAdmin(OutboxBase):
             rows = await db.execute_fetchall("SELECT code, value FROM params WHERE machine = ?", (machine,))
         return {str(r[0]): json.loads(r[1]) for r in rows}
 
+    async def count_lags(self, now: float) -> dict[str, float]:
+        """Per machine with parts Prodsmart does not have yet: the age of the oldest (its lag)."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT machine, MIN(created) FROM calls WHERE kind = 'counter' GROUP BY machine")
+        return {str(r[0]): max(0.0, now - float(r[1])) for r in rows}
+
     async def stats(self, now: float) -> list[MachineStats]:
         """Per machine: queue depth and age, what Prodsmart holds, dead letters."""
         async with self._read() as db:

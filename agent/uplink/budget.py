@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.config.sections import ProdsmartSection
+from agent.core.errors import PlainError
 from agent.core.metrics import Metrics
 from agent.uplink.ratelimit import TokenBucket
 
@@ -46,6 +48,10 @@ class Budget(Protocol):
 
     async def block(self, seconds: float) -> None:
         """Prodsmart answered 429: nobody may send for `seconds`, and the budget starts empty."""
+        ...
+
+    async def keepalive(self) -> None:
+        """Called about every second: a shared budget keeps in touch, or retries a lost Redis."""
         ...
 
     def describe(self) -> dict[str, object]:
@@ -100,8 +106,30 @@ class LocalBudget:
         self._bucket.empty()
         self._blocked_until = max(self._blocked_until, self._clock() + seconds)
 
+    async def keepalive(self) -> None:
+        return None
+
     def describe(self) -> dict[str, object]:
         return {"mode": "local", "requests_per_minute": self.per_minute}
 
     async def close(self) -> None:
         return None
+
+
+class BudgetUnavailable(PlainError):
+    """The configured shared budget cannot be used (the optional `redis` package is missing)."""
+
+
+def open_budget(settings: ProdsmartSection, metrics: Metrics, agent_id: str,
+                username: str | None = None, password: str | None = None) -> Budget:
+    """The budget the configuration asks for: shared through Redis (`budget:`), else local."""
+    if settings.budget is None:
+        return LocalBudget(settings.requests_per_minute, metrics)
+    try:  # the optional `redis` extra, imported only when a shared budget is configured
+        from agent.uplink.shared import RedisAccess, SharedBudget
+    except ImportError as exc:
+        raise BudgetUnavailable(
+            "The shared request budget (prodsmart.budget) needs the redis package: "
+            f"pip install 'prodsmart-edge[redis]' ({exc})") from None
+    access = RedisAccess(settings.budget, username, password)
+    return SharedBudget(settings.requests_per_minute, access, agent_id, metrics)

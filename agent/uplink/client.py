@@ -20,6 +20,7 @@ budget (a shared one: every agent of the company) until Retry-After.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import itertools
 import json
@@ -139,10 +140,23 @@ class Uplink:
     async def run(self) -> None:
         """Drain forever until cancelled; raises only StorageError or a bug."""
         self._running = True
+        keeper = asyncio.create_task(self._keep_budget(), name="uplink budget")
         try:
             await self._loop(until_empty=False)
         finally:
             self._running = False
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_budget(self) -> None:
+        """A shared budget keeps in touch with Redis (and finds it again) while nothing is sent."""
+        while True:
+            try:
+                await self._budget.keepalive()
+            except Exception as exc:  # a bug here must not stop the deliveries
+                log.debug("budget keepalive failed: %s", exc)
+            await asyncio.sleep(1.0)
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - the service's shutdown budget
         """Send what can be sent within `timeout`; True if nothing is left waiting."""
