@@ -226,7 +226,7 @@ class Uplink:
 
     async def _spend(self, head: Head) -> bool:
         """Take one request from the budget for `head`; else wait (woken by a commit) and say no."""
-        grant = await self._budget.acquire(spare=head.kind == "parameters")
+        grant = await self._budget.acquire(spare=head.kind == "parameters", due=self._scheduler.due(head))
         if grant.granted:
             return True
         if grant.blocked and self._pause.reason is None:

@@ -69,6 +69,10 @@ class Scheduler:
             return None, None if soonest is None else soonest - now
         return min(ready, key=self._urgency), None
 
+    def due(self, head: Head) -> float:
+        """When `head` became due (wall clock): the order of heads, within and across agents."""
+        return self._urgency(head)[1]
+
     def _urgency(self, head: Head) -> tuple[int, float, int, str]:
         """Sort key: parameters last; then by when the head became due (oldest first), a startstop
         `STARTSTOP_LEAD` seconds earlier than it was queued; ties: the least recently served."""

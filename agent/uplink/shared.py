@@ -7,7 +7,11 @@ matter); the keys carry the company as a hash tag so a Redis Cluster keeps them 
 - `<prefix>:{company}:bucket`: the token bucket (tokens, stamp), the same shape as
   `agent.uplink.ratelimit.TokenBucket`: never more than `requests_per_minute` in any 60 s;
 - `<prefix>:{company}:blocked`: until when every agent waits after a 429 one of them got;
-- `<prefix>:{company}:agents` / `:weights`: the agents seen in the last `SEEN_FOR` seconds.
+- `<prefix>:{company}:agents` / `:weights`: the agents seen in the last `SEEN_FOR` seconds;
+- `<prefix>:{company}:claims`: for each agent waiting for a request, when its most urgent call
+  became due (the scheduler's oldest-part time). A free request goes to the agent whose claim is
+  oldest, so the company's machines are served by lag across agents, not only within each; a
+  claim not renewed within two request intervals lapses (its agent died or has nothing left).
 
 If Redis cannot be reached, this agent falls back to a static share (the configured one, else
 its weight's share of the budget among the agents it last saw), logs it once, exports it
@@ -56,7 +60,8 @@ local function save()
 end
 """
 
-# KEYS: bucket, blocked, agents, weights; ARGV: rate/s, capacity, spare (0/1), agent, weight, seen_for.
+# KEYS: bucket, blocked, agents, weights, claims; ARGV: rate/s, capacity, spare (0/1/keepalive), agent,
+# weight, seen_for, due (epoch seconds; '' for none).
 # Returns {granted, wait, blocked, agents, total weight} (numbers as strings: Redis truncates floats).
 TAKE = _PRELUDE + """
 local seen_for = tonumber(ARGV[6])
@@ -77,13 +82,34 @@ local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
 if blocked > now then return {0, tostring(blocked - now), 1, agents, tostring(total)} end
 local need = 1
 if ARGV[3] == '1' then need = cap end
-if tokens >= need then
+local due = tonumber(ARGV[7])
+local claims = redis.call('HGETALL', KEYS[5])
+local fresh = 2 / rate + 0.25
+local ahead = false
+for i = 1, #claims, 2 do
+  local other, at, when = claims[i], 0, 0
+  local sep = string.find(claims[i + 1], ':', 1, true)
+  when, at = tonumber(string.sub(claims[i + 1], 1, sep - 1)), tonumber(string.sub(claims[i + 1], sep + 1))
+  if at < now - fresh then
+    redis.call('HDEL', KEYS[5], other)
+  elseif other ~= ARGV[4] and due ~= nil and when < due then
+    ahead = true
+  end
+end
+if tokens >= need and not ahead then
   tokens = tokens - 1
   save()
+  redis.call('HDEL', KEYS[5], ARGV[4])
   return {1, '0', 0, agents, tostring(total)}
 end
+if due ~= nil then
+  redis.call('HSET', KEYS[5], ARGV[4], tostring(due) .. ':' .. tostring(now))
+  redis.call('EXPIRE', KEYS[5], 60)
+end
 save()
-return {0, tostring((need - tokens) / rate), 0, agents, tostring(total)}
+local wait = (need - tokens) / rate
+if tokens >= need then wait = math.min(1 / rate, 0.25) end
+return {0, tostring(wait), 0, agents, tostring(total)}
 """
 
 # KEYS: bucket; ARGV: rate/s, capacity.
@@ -132,7 +158,7 @@ class SharedBudget:
         self._args = (repr(shape.rate), repr(shape.burst))
         self._burst = burst
         base = f"{cfg.key_prefix}:{{{cfg.company}}}"
-        self._keys = [f"{base}:bucket", f"{base}:blocked", f"{base}:agents", f"{base}:weights"]
+        self._keys = [f"{base}:{name}" for name in ("bucket", "blocked", "agents", "weights", "claims")]
         self._redis = _connect(access)
         self._take = self._redis.register_script(TAKE)
         self._refund = self._redis.register_script(REFUND)
@@ -148,11 +174,12 @@ class SharedBudget:
 
     # ------------------------------------------------------------------ Budget
 
-    async def acquire(self, *, spare: bool = False) -> Grant:
+    async def acquire(self, *, spare: bool = False, due: float | None = None) -> Grant:
         if self._fallback is not None:  # `keepalive` tries Redis again, never a call's wait
             return self._fallback.acquire_now(spare=spare)
-        reply = await self._script(self._take, self._keys, [*self._args, "1" if spare else "0",
-                                                            self._agent, repr(self._cfg.weight), SEEN_FOR])
+        claim = "" if due is None or spare else repr(due)
+        args = [*self._args, "1" if spare else "0", self._agent, repr(self._cfg.weight), SEEN_FOR, claim]
+        reply = await self._script(self._take, self._keys, args)
         if reply is None:
             assert self._fallback is not None
             return self._fallback.acquire_now(spare=spare)
@@ -182,7 +209,7 @@ class SharedBudget:
         due = self._next_try if self._fallback is not None else self._last_contact + KEEPALIVE
         if now >= due:
             await self._script(self._take, self._keys, [*self._args, "keepalive", self._agent,
-                                                        repr(self._cfg.weight), SEEN_FOR])
+                                                        repr(self._cfg.weight), SEEN_FOR, ""])
 
     def describe(self) -> dict[str, object]:
         shared = self._fallback is None
