@@ -12,6 +12,8 @@ matter); the keys carry the company as a hash tag so a Redis Cluster keeps them 
   became due (the scheduler's oldest-part time). A free request goes to the agent whose claim is
   oldest, so the company's machines are served by lag across agents, not only within each; a
   claim not renewed within two request intervals lapses (its agent died or has nothing left).
+  An agent's `weight` stretches its lags in that comparison (weight 2: its machines count as
+  twice as stale), and sets its part of the fallback share.
 
 If Redis cannot be reached, this agent falls back to a static share (the configured one, else
 its weight's share of the budget among the agents it last saw), logs it once, exports it
@@ -61,8 +63,9 @@ end
 """
 
 # KEYS: bucket, blocked, agents, weights, claims; ARGV: rate/s, capacity, spare (0/1/keepalive), agent,
-# weight, seen_for, due (epoch seconds; '' for none).
-# Returns {granted, wait, blocked, agents, total weight} (numbers as strings: Redis truncates floats).
+# weight, seen_for, due (epoch seconds; '' for none), requests a minute (as configured).
+# Returns {granted, wait, blocked, agents, total weight, requests a minute another agent configured
+# ('' if none differs)} (numbers as strings: Redis truncates floats).
 TAKE = _PRELUDE + """
 local seen_for = tonumber(ARGV[6])
 redis.call('ZADD', KEYS[3], now, ARGV[4])
@@ -77,9 +80,12 @@ redis.call('EXPIRE', KEYS[4], math.ceil(seen_for * 2))
 local total = 0
 for _, w in ipairs(redis.call('HVALS', KEYS[4])) do total = total + tonumber(w) end
 local agents = redis.call('ZCARD', KEYS[3])
-if ARGV[3] == 'keepalive' then return {0, '0', 0, agents, tostring(total)} end
+local other = redis.call('HGET', KEYS[1], 'per_minute')
+if not other or other == ARGV[8] then other = '' end
+redis.call('HSET', KEYS[1], 'per_minute', ARGV[8])
+if ARGV[3] == 'keepalive' then return {0, '0', 0, agents, tostring(total), other} end
 local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
-if blocked > now then return {0, tostring(blocked - now), 1, agents, tostring(total)} end
+if blocked > now then return {0, tostring(blocked - now), 1, agents, tostring(total), other} end
 local need = 1
 if ARGV[3] == '1' then need = cap end
 local due = tonumber(ARGV[7])
@@ -100,7 +106,7 @@ if tokens >= need and not ahead then
   tokens = tokens - 1
   save()
   redis.call('HDEL', KEYS[5], ARGV[4])
-  return {1, '0', 0, agents, tostring(total)}
+  return {1, '0', 0, agents, tostring(total), other}
 end
 if due ~= nil then
   redis.call('HSET', KEYS[5], ARGV[4], tostring(due) .. ':' .. tostring(now))
@@ -109,7 +115,7 @@ end
 save()
 local wait = (need - tokens) / rate
 if tokens >= need then wait = math.min(1 / rate, 0.25) end
-return {0, tostring(wait), 0, agents, tostring(total)}
+return {0, tostring(wait), 0, agents, tostring(total), other}
 """
 
 # KEYS: bucket; ARGV: rate/s, capacity.
@@ -168,6 +174,7 @@ class SharedBudget:
         self._total_weight: float | None = None
         self._next_try = 0.0
         self._last_contact = 0.0
+        self._disagreed = False
         self._where = _where(cfg.redis)
         metrics.budget_shared.set(1)
         metrics.budget_per_minute.set(per_minute)
@@ -177,8 +184,12 @@ class SharedBudget:
     async def acquire(self, *, spare: bool = False, due: float | None = None) -> Grant:
         if self._fallback is not None:  # `keepalive` tries Redis again, never a call's wait
             return self._fallback.acquire_now(spare=spare)
-        claim = "" if due is None or spare else repr(due)
-        args = [*self._args, "1" if spare else "0", self._agent, repr(self._cfg.weight), SEEN_FOR, claim]
+        claim = ""
+        if due is not None and not spare:
+            now = time.time()
+            claim = repr(now - max(0.0, now - due) * self._cfg.weight)
+        args = [*self._args, "1" if spare else "0", self._agent, repr(self._cfg.weight), SEEN_FOR, claim,
+                repr(self.per_minute)]
         reply = await self._script(self._take, self._keys, args)
         if reply is None:
             assert self._fallback is not None
@@ -209,7 +220,8 @@ class SharedBudget:
         due = self._next_try if self._fallback is not None else self._last_contact + KEEPALIVE
         if now >= due:
             await self._script(self._take, self._keys, [*self._args, "keepalive", self._agent,
-                                                        repr(self._cfg.weight), SEEN_FOR, ""])
+                                                        repr(self._cfg.weight), SEEN_FOR, "",
+                                                        repr(self.per_minute)])
 
     def describe(self) -> dict[str, object]:
         shared = self._fallback is None
@@ -235,8 +247,14 @@ class SharedBudget:
             self._fall_back(exc)
             return None
         self._last_contact = time.monotonic()
-        if isinstance(reply, list) and len(reply) == 5:
+        if isinstance(reply, list) and len(reply) == 6:
             self._agents, self._total_weight = int(reply[3]), float(reply[4])
+            if reply[5] and not self._disagreed:
+                self._disagreed = True
+                log.warning("Agents of company %s disagree on prodsmart.requests_per_minute: this one has "
+                            "%g, another %s; the shared bucket follows whichever asks last. Set the same "
+                            "value on every agent of the company", self._cfg.company, self.per_minute,
+                            reply[5])
         self._shared_again()
         return reply
 

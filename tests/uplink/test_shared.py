@@ -180,3 +180,38 @@ async def test_tls_with_a_password_from_the_secrets(redis_tls: RedisServer,
 def test_the_redis_url_carries_no_credentials(url: str) -> None:
     with pytest.raises(ValueError):
         BudgetSection.model_validate({"redis": url})
+
+
+async def test_weights_stretch_lags_and_shares(redis_server: RedisServer) -> None:
+    metrics = Metrics()
+    heavy = shared(redis_server, "heavy", 60, metrics, weight=3)
+    light = shared(redis_server, "light", 60)
+    try:
+        assert (await heavy.acquire()).granted  # the bucket's first request
+        now = time.time()
+        waiting = await light.acquire(due=now - 100)  # 100 s stale, weight 1
+        assert not waiting.granted and not (await heavy.acquire(due=now - 40)).granted  # 40 s x 3
+        await asyncio.sleep(waiting.wait + 0.05)
+        assert not (await light.acquire(due=now - 100)).granted
+        assert (await heavy.acquire(due=now - 40)).granted
+        redis_server.kill()
+        await heavy.acquire()
+        assert heavy.describe()["requests_per_minute"] == 45  # 3 of the 4 weights seen
+    finally:
+        await heavy.close()
+        await light.close()
+
+
+async def test_agents_that_disagree_on_the_budget_are_told_once(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    a, b = shared(redis_server, "a", 96), shared(redis_server, "b", 60)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agent.uplink.shared"):
+            for _ in range(3):
+                await a.acquire()
+                await b.acquire()
+        told = [r.getMessage() for r in caplog.records if "disagree" in r.getMessage()]
+        assert len(told) == 2 and "this one has 60, another 96" in told[0]
+    finally:
+        await a.close()
+        await b.close()
