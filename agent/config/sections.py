@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from agent.config.problems import NOT_SHOWN
 from agent.core.model import Scalar
 from agent.core.schema import Duration, Strict
 
@@ -43,7 +44,7 @@ class BudgetSection(Strict):
             raise ValueError("must be a redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH "
                              "URL")
         if match.group(2) is not None:
-            raise ValueError("must not carry credentials: set PRODSMART_REDIS_USERNAME and "
+            raise ValueError(f"must not carry credentials {NOT_SHOWN}: set PRODSMART_REDIS_USERNAME and "
                              "PRODSMART_REDIS_PASSWORD (environment, env file or systemd credentials)")
         if match.group(1) != "unix" and not match.group(3):
             raise ValueError("must name a host, e.g. redis://10.0.0.5:6379/0")
