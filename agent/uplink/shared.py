@@ -98,8 +98,8 @@ for i = 1, #claims, 2 do
   when, at = tonumber(string.sub(claims[i + 1], 1, sep - 1)), tonumber(string.sub(claims[i + 1], sep + 1))
   if at < now - fresh then
     redis.call('HDEL', KEYS[5], other)
-  elseif other ~= ARGV[4] and due ~= nil and when < due then
-    ahead = true
+  elseif other ~= ARGV[4] and (ARGV[3] == '1' or (due ~= nil and when < due)) then
+    ahead = true  -- an older claim; or any claim, when asking for spare budget (parameters)
   end
 end
 if tokens >= need and not ahead then

@@ -89,6 +89,15 @@ async def test_parameters_only_take_spare_budget_and_refunds_come_back(redis_ser
         assert (await a.acquire()).granted  # the refunded request is there at once
         await asyncio.sleep(2.2)  # full again (2)
         assert (await a.acquire(spare=True)).granted
+        b = shared(redis_server, "b", per_minute=60)
+        try:
+            while (await b.acquire(due=time.time())).granted:
+                pass  # b is backlogged: once the bucket is empty it waits for its turn, claiming it
+            await a.refund()
+            await a.refund()  # the bucket is full again...
+            assert not (await a.acquire(spare=True)).granted  # ...but b waits: nothing is spare
+        finally:
+            await b.close()
     finally:
         await a.close()
 
