@@ -7,14 +7,20 @@ import logging
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agent.config.secrets import redis_secrets
 from agent.config.sections import BudgetSection, ProdsmartSection
 from agent.core.metrics import Metrics
+from agent.core.model import CounterChanged
+from agent.outbox.store import Outbox
 from agent.uplink.budget import open_budget
+from agent.uplink.client import Uplink
 from agent.uplink.shared import RedisAccess, SharedBudget
+from tests.support.fixtures_prodsmart import FakeProdsmart
 from tests.support.fixtures_redis import RedisServer, redis_server, redis_tls
+from tests.uplink.test_client import CREDS, commit, drained, running, settings, until
 
 __all__ = ["redis_server", "redis_tls"]  # fixtures
 
@@ -224,3 +230,32 @@ async def test_agents_that_disagree_on_the_budget_are_told_once(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_429_to_one_uplink_pauses_the_other_agents_uplink(redis_server: RedisServer,
+                                                                  tmp_path: Path) -> None:
+    """Two agents' uplinks on one shared budget: Prodsmart answers the first one 429 with
+    Retry-After 2; the second agent sends nothing before those 2 s are over."""
+    fakes = [FakeProdsmart(), FakeProdsmart()]
+    fakes[0].fail("A1", httpx.Response(429, headers={"Retry-After": "2"}))
+    boxes = [await Outbox.open(str(tmp_path / f"{n}.db")) for n in ("a", "b")]
+    budgets = [shared(redis_server, n) for n in ("a", "b")]
+    uplinks = [Uplink(box, settings(), CREDS, Metrics(), transport=fake.transport(), budget=budget)
+               for box, fake, budget in zip(boxes, fakes, budgets, strict=True)]
+    try:
+        await commit(boxes[0], CounterChanged("A1", 1))
+        async with running(uplinks[0]):
+            await until(lambda: bool(fakes[0].seen))
+            refused = time.monotonic()
+            await commit(boxes[1], CounterChanged("B1", 1))
+            async with running(uplinks[1]):
+                assert uplinks[1].paused is None
+                await drained(boxes[1], within=5.0)
+                assert fakes[1].seen[0].time - refused >= 1.5  # Retry-After 2, rounded by Redis' clock
+                await drained(boxes[0], within=5.0)
+        assert [s.status for s in fakes[0].seen] == [429, 200]
+    finally:
+        for budget in budgets:
+            await budget.close()
+        for box in boxes:
+            await box.close()
