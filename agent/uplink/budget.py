@@ -38,10 +38,10 @@ class Grant:
 class Budget(Protocol):
     """What the uplink needs of a budget (local or shared)."""
 
-    async def acquire(self, *, spare: bool = False, due: float | None = None) -> Grant:
+    async def acquire(self, *, spare: bool = False, age: float | None = None) -> Grant:
         """Take one request now if possible; `spare`: only if nobody else needs it (parameters);
-        `due`: when the call became due (its oldest part), so a shared budget serves the agent
-        with the stalest machine first."""
+        `age`: how long the call has been due (its oldest part's age), so a shared budget serves
+        the agent with the stalest machine first."""
         ...
 
     async def refund(self) -> None:
@@ -82,7 +82,7 @@ class LocalBudget:
         if metrics is not None:
             metrics.budget_per_minute.set(per_minute)
 
-    async def acquire(self, *, spare: bool = False, due: float | None = None) -> Grant:
+    async def acquire(self, *, spare: bool = False, age: float | None = None) -> Grant:
         return self.acquire_now(spare=spare)
 
     def acquire_now(self, *, spare: bool = False) -> Grant:

@@ -23,7 +23,7 @@ end
 """
 
 # KEYS: bucket, blocked, agents, weights, claims; ARGV: rate/s, capacity, spare (0/1/keepalive), agent,
-# weight, seen_for, due (epoch seconds; '' for none), requests a minute (as configured).
+# weight, seen_for, age (seconds its call has been due, weighted; '' for none), requests a minute.
 # Returns {granted, wait, blocked, agents, total weight, requests a minute another agent configured
 # ('' if none differs)} (numbers as strings: Redis truncates floats).
 TAKE = PRELUDE + """
@@ -49,6 +49,7 @@ if blocked > now then return {0, tostring(blocked - now), 1, agents, tostring(to
 local need = 1
 if ARGV[3] == '1' then need = cap end
 local due = tonumber(ARGV[7])
+if due ~= nil then due = now - due end  -- on Redis's clock: the PCs' clocks need not agree
 local claims = redis.call('HGETALL', KEYS[5])
 local fresh = 2 / rate + 0.25
 local ahead = false

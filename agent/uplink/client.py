@@ -226,7 +226,8 @@ class Uplink:
 
     async def _spend(self, head: Head) -> bool:
         """Take one request from the budget for `head`; else wait (woken by a commit) and say no."""
-        grant = await self._budget.acquire(spare=head.kind == "parameters", due=self._scheduler.due(head))
+        age = self._scheduler.age(head, self._clock())
+        grant = await self._budget.acquire(spare=head.kind == "parameters", age=age)
         if grant.granted:
             return True
         if grant.blocked and self._pause.reason is None:

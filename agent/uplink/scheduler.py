@@ -10,11 +10,18 @@ because a served machine's oldest part becomes its newest.
 - Parameters-only heads come last; the uplink sends them only in spare budget (they ride on
   counter calls otherwise).
 - Each machine has a lane with its retry backoff; a lane in backoff is skipped until it ends.
+
+The outbox stamps calls with the wall clock (it must survive restarts), which NTP may step. So
+a head's age is read from the wall clock once, when the scheduler first sees it, and from then
+on counted on the monotonic clock: a clock stepped back an hour must not make every new count
+look an hour older than the backlog queued before the step (it would starve that backlog).
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +30,7 @@ from agent.core.backoff import Backoff
 from agent.outbox.store import Head
 
 STARTSTOP_LEAD = 30.0  # seconds a run-state change may overtake older counts
+STEP = 1.0  # seconds the wall clock may drift from the monotonic one before it counts as stepped
 
 
 @dataclass
@@ -39,11 +47,14 @@ class Scheduler:
     """Picks the next head among those the outbox reports; owns the machines' lanes."""
 
     def __init__(self, settings: ProdsmartSection, rng: random.Random, *,
-                 startstop_lead: float = STARTSTOP_LEAD) -> None:
+                 startstop_lead: float = STARTSTOP_LEAD, wall: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._rng = rng
         self._lead = startstop_lead
+        self._wall = wall
         self.lanes: dict[str, Lane] = {}
+        self._seen: dict[str, tuple[float, float]] = {}  # machine -> (head's wall stamp, monotonic stamp)
+        self._off: float | None = None
 
     def lane(self, machine: str) -> Lane:
         lane = self.lanes.get(machine)
@@ -65,21 +76,36 @@ class Scheduler:
                 soonest = lane.until if soonest is None else min(soonest, lane.until)
                 continue
             ready.append(head)
+        if len(self._seen) > 2 * len(heads) + 16:  # forget machines that have nothing queued
+            present = {h.machine for h in heads}
+            self._seen = {m: s for m, s in self._seen.items() if m in present}
         if not ready:
             return None, None if soonest is None else soonest - now
-        return min(ready, key=self._urgency), None
+        wall = self._wall()
+        return min(ready, key=lambda h: self._urgency(h, now, wall)), None
 
-    def due(self, head: Head) -> float:
-        """When `head` became due (wall clock): the order of heads, within and across agents."""
-        return self._urgency(head)[1]
+    def _offset(self, now: float, wall: float) -> float:
+        """Monotonic minus wall clock; changed only when the wall clock was stepped (so heads
+        stamped at the same wall time stay equal, and ties go round robin)."""
+        if self._off is None or abs(now - wall - self._off) > STEP:
+            self._off = now - wall
+        return self._off
 
-    def _urgency(self, head: Head) -> tuple[int, float, int, str]:
-        """Sort key: parameters last; then by when the head became due (oldest first), a startstop
-        `STARTSTOP_LEAD` seconds earlier than it was queued; ties: the least recently served."""
+    def age(self, head: Head, now: float) -> float:
+        """How long `head` has been due (seconds, >= 0): the order of heads, within and across
+        agents. `now`: the uplink's monotonic clock."""
+        return max(0.0, now - self._urgency(head, now, self._wall())[1])
+
+    def _urgency(self, head: Head, now: float, wall: float) -> tuple[int, float, int, str]:
+        """Sort key: parameters last; then by when the head became due on the monotonic clock
+        (oldest first), a startstop `STARTSTOP_LEAD` seconds earlier than it was queued; ties: the
+        least recently served."""
         served = self.lane(head.machine).served
         if head.kind == "parameters":
             return 1, head.created, served, head.machine
-        if head.kind == "startstop":
-            return 0, head.created - self._lead, served, head.machine
-        due = head.oldest if head.oldest is not None else head.created
-        return 0, due, served, head.machine
+        stamp = head.oldest if head.kind == "counter" and head.oldest is not None else head.created
+        seen = self._seen.get(head.machine)
+        if seen is None or seen[0] != stamp:
+            seen = self._seen[head.machine] = (stamp, min(now, stamp + self._offset(now, wall)))
+        lead = self._lead if head.kind == "startstop" else 0.0
+        return 0, seen[1] - lead, served, head.machine

@@ -9,7 +9,7 @@ matter); the keys carry the company as a hash tag so a Redis Cluster keeps them 
 - `<prefix>:{company}:blocked`: until when every agent waits after a 429 one of them got;
 - `<prefix>:{company}:agents` / `:weights`: the agents seen in the last `SEEN_FOR` seconds;
 - `<prefix>:{company}:claims`: for each agent waiting for a request, when its most urgent call
-  became due (the scheduler's oldest-part time). A free request goes to the agent whose claim is
+  became due (Redis's time minus the call's age). A free request goes to the agent whose claim is
   oldest, so the company's machines are served by lag across agents, not only within each; a
   claim not renewed within two request intervals lapses (its agent died or has nothing left).
   An agent's `weight` stretches its lags in that comparison (weight 2: its machines count as
@@ -93,13 +93,10 @@ class SharedBudget:
 
     # ------------------------------------------------------------------ Budget
 
-    async def acquire(self, *, spare: bool = False, due: float | None = None) -> Grant:
+    async def acquire(self, *, spare: bool = False, age: float | None = None) -> Grant:
         if self._fallback is not None:  # `keepalive` tries Redis again, never a call's wait
             return self._fallback.acquire_now(spare=spare)
-        claim = ""
-        if due is not None and not spare:
-            now = time.time()
-            claim = repr(now - max(0.0, now - due) * self._cfg.weight)
+        claim = "" if age is None or spare else repr(max(0.0, age) * self._cfg.weight)
         args = [*self._args, "1" if spare else "0", self._agent, repr(self._cfg.weight), SEEN_FOR, claim,
                 repr(self.per_minute)]
         reply = await self._script(self._take, self._keys, args)

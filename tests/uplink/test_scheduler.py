@@ -49,6 +49,19 @@ def test_parameters_come_last_whatever_their_age() -> None:
     assert head == params
 
 
+def test_a_clock_stepped_back_does_not_starve_the_backlog() -> None:
+    """Calls carry wall-clock stamps; after NTP steps the clock back an hour, a new count must
+    not look an hour older than the backlog (by wall stamps alone, A would win again and again)."""
+    wall = [1000.0]
+    s = Scheduler(ProdsmartSection(), random.Random(1), wall=lambda: wall[0])
+    a, b = counter("A", 990.0), counter("B", 995.0)
+    assert s.choose([a, b], set(), now=50.0)[0] == a
+    wall[0] = 1001.0 - 3600
+    newer = counter("A", wall[0])  # A's next part, stamped by the stepped clock
+    assert s.choose([newer, b], set(), now=51.0)[0] == b
+    assert s.age(b, now=51.0) == 6.0 and s.age(newer, now=51.0) == 0.0
+
+
 def test_a_lane_in_backoff_is_skipped_and_its_end_reported() -> None:
     s = scheduler()
     s.lane("A").until = 105.0

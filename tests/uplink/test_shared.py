@@ -40,12 +40,12 @@ async def greedy(budget: SharedBudget, seconds: float, times: list[float]) -> No
     """Always backlogged, like an agent whose machines never stop: its next call's oldest part
     was made just after its previous call went."""
     end = time.monotonic() + seconds
-    due = time.time()
+    since = time.monotonic()
     while time.monotonic() < end:
-        grant = await budget.acquire(due=due)
+        grant = await budget.acquire(age=time.monotonic() - since)
         if grant.granted:
             times.append(time.monotonic())
-            due = time.time()
+            since = time.monotonic()
         else:
             await asyncio.sleep(min(grant.wait, max(0.0, end - time.monotonic())))
 
@@ -74,13 +74,13 @@ async def test_agents_of_one_company_share_one_bucket(redis_server: RedisServer)
 async def test_a_free_request_goes_to_the_agent_with_the_stalest_machine(redis_server: RedisServer) -> None:
     a, b = shared(redis_server, "a", per_minute=60), shared(redis_server, "b", per_minute=60)
     try:
-        assert (await a.acquire(due=time.time())).granted  # the one request the bucket starts with
-        stale, fresh = time.time() - 100, time.time()
-        waiting = await a.acquire(due=stale)  # a's machine waits for 100 s
-        assert not waiting.granted and not (await b.acquire(due=fresh)).granted
+        assert (await a.acquire(age=0)).granted  # the one request the bucket starts with
+        stale, fresh = 100.0, 0.0
+        waiting = await a.acquire(age=stale)  # a's machine waits for 100 s
+        assert not waiting.granted and not (await b.acquire(age=fresh)).granted
         await asyncio.sleep(waiting.wait + 0.05)
-        assert not (await b.acquire(due=fresh)).granted  # b comes first, but a's claim is older
-        assert (await a.acquire(due=stale)).granted
+        assert not (await b.acquire(age=fresh)).granted  # b comes first, but a's claim is older
+        assert (await a.acquire(age=stale)).granted
     finally:
         await a.close()
         await b.close()
@@ -97,7 +97,7 @@ async def test_parameters_only_take_spare_budget_and_refunds_come_back(redis_ser
         assert (await a.acquire(spare=True)).granted
         b = shared(redis_server, "b", per_minute=60)
         try:
-            while (await b.acquire(due=time.time())).granted:
+            while (await b.acquire(age=0)).granted:
                 pass  # b is backlogged: once the bucket is empty it waits for its turn, claiming it
             await a.refund()
             await a.refund()  # the bucket is full again...
@@ -203,12 +203,11 @@ async def test_weights_stretch_lags_and_shares(redis_server: RedisServer) -> Non
     light = shared(redis_server, "light", 60)
     try:
         assert (await heavy.acquire()).granted  # the bucket's first request
-        now = time.time()
-        waiting = await light.acquire(due=now - 100)  # 100 s stale, weight 1
-        assert not waiting.granted and not (await heavy.acquire(due=now - 40)).granted  # 40 s x 3
+        waiting = await light.acquire(age=100)  # 100 s stale, weight 1
+        assert not waiting.granted and not (await heavy.acquire(age=40)).granted  # 40 s x 3
         await asyncio.sleep(waiting.wait + 0.05)
-        assert not (await light.acquire(due=now - 100)).granted
-        assert (await heavy.acquire(due=now - 40)).granted
+        assert not (await light.acquire(age=100)).granted
+        assert (await heavy.acquire(age=40)).granted
         redis_server.kill()
         await heavy.acquire()
         assert heavy.describe()["requests_per_minute"] == 45  # 3 of the 4 weights seen
