@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -9,8 +10,9 @@ import httpx
 
 from agent.config.sections import ProdsmartSection
 from agent.core.metrics import Metrics
-from agent.core.model import CounterChanged, RunStateChanged
+from agent.core.model import CounterChanged, ParametersChanged, RunStateChanged
 from agent.outbox.store import Head, Outbox
+from agent.uplink.budget import Grant, LocalBudget
 from agent.uplink.client import Uplink
 from agent.uplink.scheduler import STARTSTOP_LEAD, Scheduler
 from tests.support.fixtures_prodsmart import FakeProdsmart
@@ -109,3 +111,27 @@ async def test_a_request_is_not_spent_on_a_call_that_never_left(box: Outbox, fak
     assert [m for m, _, _ in fake.applied] == ["A"]
     assert sample(metrics, "budget_refunds_total") == 2
 
+
+
+async def test_a_request_is_not_spent_on_a_head_that_vanished(box: Outbox, fake: FakeProdsmart) -> None:
+    """A parameters call is chosen, and while its request is being taken a counter call is
+    committed for that machine: the parameters ride on it, nothing is sent for the parameters
+    head, and its request goes back to the budget."""
+
+    class CountCommittedMeanwhile(LocalBudget):
+        async def acquire(self, *, spare: bool = False, age: float | None = None) -> Grant:
+            if spare and not box_has_counts:
+                box_has_counts.append(True)
+                await commit(box, CounterChanged("P", 7))
+            return await super().acquire(spare=spare, age=age)
+
+    box_has_counts: list[bool] = []
+    metrics = Metrics()
+    await commit(box, ParametersChanged("P", {"t": 21}))
+    budget = CountCommittedMeanwhile(6000, metrics)
+    uplink = Uplink(box, settings(), CREDS, metrics, transport=fake.transport(), budget=budget)
+    await asyncio.sleep(0.05)  # the bucket fills: the parameters find spare budget
+    async with running(uplink):
+        await drained(box)
+    assert fake.applied == [("P", "counter", {"count": 7, "parameters": [{"name": "t", "value": 21}]})]
+    assert sample(metrics, "budget_refunds_total") == 1
