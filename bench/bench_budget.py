@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import shutil
@@ -191,6 +192,7 @@ def main() -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        logging.getLogger().addHandler(logging.NullHandler())  # 429 warnings: counted in the summary
         asyncio.run(_worker(json.loads(args.worker)))
         return 0
     os.environ.setdefault("PYTHONPATH", str(ROOT))
