@@ -258,3 +258,36 @@ async def test_a_429_to_one_uplink_pauses_the_other_agents_uplink(redis_server: 
             await budget.close()
         for box in boxes:
             await box.close()
+
+
+async def test_a_redis_user_from_systemd_credentials_and_a_wrong_password_never_logged(
+        redis_tls: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    assert redis_tls.pki is not None
+    admin = shared(redis_tls, "admin", tls_ca_file=str(redis_tls.pki.ca))
+    await admin._redis.execute_command("ACL", "SETUSER", "edge", "on", ">edge-pass", "~*", "+@all")
+    await admin.close()
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "prodsmart_redis_username").write_text("edge\n")
+    (creds / "prodsmart_redis_password").write_text("edge-pass\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    monkeypatch.delenv("PRODSMART_REDIS_USERNAME", raising=False)
+    monkeypatch.delenv("PRODSMART_REDIS_PASSWORD", raising=False)
+    settings = ProdsmartSection.model_validate({"budget": {"redis": redis_tls.url,
+                                                           "tls_ca_file": str(redis_tls.pki.ca)}})
+    assert redis_secrets() == ("edge", "edge-pass")
+    budget = open_budget(settings, Metrics(), "edge-agent", *redis_secrets())
+    try:
+        assert (await budget.acquire()).granted and budget.describe()["mode"] == "shared"
+    finally:
+        await budget.close()
+    (creds / "prodsmart_redis_password").write_text("not-the-pass\n")
+    budget = open_budget(settings, Metrics(), "edge-agent", *redis_secrets())
+    try:
+        with caplog.at_level(logging.DEBUG):
+            await budget.acquire()
+        assert budget.describe()["mode"] == "fallback"
+        assert "not-the-pass" not in caplog.text and "Cannot reach Redis" in caplog.text
+    finally:
+        await budget.close()
