@@ -39,6 +39,18 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _budget(b: dict[str, Any]) -> str:
+    rate = f"{b.get('requests_per_minute', 0):g} requests a minute"
+    if b.get("mode") == "local":
+        return f"{rate} (this agent alone)"
+    agents = b.get("agents")
+    seen = f", {agents} agent(s) seen" if agents is not None else ""
+    if b.get("mode") == "fallback":
+        return (f"FALLBACK: Redis at {b.get('redis')} cannot be reached; this agent's share is {rate} "
+                f"of company {b.get('company')}'s {b.get('company_requests_per_minute', 0):g}{seen}")
+    return f"shared through Redis at {b.get('redis')}: company {b.get('company')}, {rate}{seen}"
+
+
 async def print_status(cfg: AgentConfig, out: TextIO) -> int:
     stats: dict[str, MachineStats] = {}
     dead: list[DeadLetter] = []
@@ -55,10 +67,13 @@ async def print_status(cfg: AgentConfig, out: TextIO) -> int:
     else:
         paused = f", every call paused: {live['paused']}" if live.get("paused") else ""
         out.write(f"agent: running{paused}\n")
+        budget = live.get("budget")
+        if budget:
+            out.write(f"  budget: {_budget(budget)}\n")
         for name, c in sorted(live["connections"].items()):
             state = "up" if c["up"] else f"DOWN ({c['reason']})"
             out.write(f"  connection {name:<20} {state}, since {_age(time.time() - c['since'])}\n")
-    out.write(f"\n{'machine':<16} {'queued':>6} {'oldest':>7} {'params':>6} {'sent count':>11} "
+    out.write(f"\n{'machine':<16} {'queued':>6} {'oldest':>7} {'lag':>6} {'params':>6} {'sent count':>11} "
               f"{'offset':>7} {'running':>8} {'dead':>5}  waste sent\n")
     for code in sorted(set(cfg.machines) | set(stats)):
         s = stats.get(code)
@@ -69,7 +84,8 @@ async def print_status(cfg: AgentConfig, out: TextIO) -> int:
         waste = ", ".join(f"{k}={v}" for k, v in sorted(s.acked_waste.items())) or "-"
         note = "" if code in cfg.machines else "  (not in the config: draining)"
         count = "-" if s.acked_count is None else str(s.acked_count)
-        out.write(f"{code:<16} {s.depth:>6} {_age(s.oldest_pending_age):>7} {s.pending_parameters:>6} "
+        out.write(f"{code:<16} {s.depth:>6} {_age(s.oldest_pending_age):>7} {_age(s.count_lag):>6} "
+                  f"{s.pending_parameters:>6} "
                   f"{count:>11} {s.offset:>7} {running:>8} {s.dead_letters:>5}  {waste}{note}\n")
         if live is not None:
             for role, r in (live["machines"].get(code) or {}).items():

@@ -79,6 +79,9 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+NOT_SHOWN = "(not shown)"  # in a validator's message: do not echo the value, it holds a secret
+
+
 def explain(err: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     if err["type"] == "extra_forbidden":
         owner = _model_at(model, loc)
@@ -89,6 +92,8 @@ def explain(err: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
         return "required key is missing"
     message = str(err["msg"]).removeprefix("Value error, ")
     given = err.get("input")
+    if NOT_SHOWN in message:
+        return message  # the value holds a secret: it must not reach a terminal or a log
     if isinstance(given, (str, int, float, bool)) and err["type"] != "missing":
         message += f" (got {given!r})"
     return message

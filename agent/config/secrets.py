@@ -64,6 +64,17 @@ def load_api_secrets() -> tuple[str, str]:
     return settings.api_key.get_secret_value(), settings.api_secret.get_secret_value()
 
 
+def redis_secrets() -> tuple[str | None, str | None]:
+    """PRODSMART_REDIS_USERNAME / PRODSMART_REDIS_PASSWORD (both optional), from the environment
+    or systemd credentials (prodsmart_redis_username, prodsmart_redis_password)."""
+    found: list[str | None] = []
+    for name in ("username", "password"):
+        var = f"PRODSMART_REDIS_{name.upper()}"
+        value = os.environ.get(var)
+        found.append(value if value is not None else _credential_file(var.lower()))
+    return found[0], found[1]
+
+
 def connection_secret(connection: str, field: str) -> str | None:
     """A connection's secret (username, password...) from the environment or credentials."""
     value = os.environ.get(connection_env_name(connection, field))

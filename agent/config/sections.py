@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from agent.config.problems import NOT_SHOWN
 from agent.core.model import Scalar
 from agent.core.schema import Duration, Strict
 
@@ -18,6 +19,36 @@ class Paths(Strict):
     parameters: str = "/api/machines/{machine}/parameters"
     startstop: str = "/api/machines/{machine}/startstop"
     authorization: str = "/api/authorization"
+
+
+class BudgetSection(Strict):
+    """The company's requests a minute shared by several agents through Redis (or Valkey).
+
+    `requests_per_minute` (of the prodsmart section) is then what all agents of the company use
+    together; credentials come from PRODSMART_REDIS_USERNAME / PRODSMART_REDIS_PASSWORD.
+    """
+
+    redis: str
+    company: str = "default"
+    weight: float = Field(default=1.0, gt=0)
+    fallback_per_minute: float | None = Field(default=None, gt=0, le=120)
+    tls_ca_file: str | None = None
+    timeout: Duration = 0.5
+    key_prefix: str = "prodsmart-edge"
+
+    @field_validator("redis")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        match = re.match(r"^(rediss?|unix)://(?:([^@/]*)@)?([^/\s]*)", value)
+        if not match:
+            raise ValueError("must be a redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH "
+                             "URL")
+        if match.group(2) is not None:
+            raise ValueError(f"must not carry credentials {NOT_SHOWN}: set PRODSMART_REDIS_USERNAME and "
+                             "PRODSMART_REDIS_PASSWORD (environment, env file or systemd credentials)")
+        if match.group(1) != "unix" and not match.group(3):
+            raise ValueError("must name a host, e.g. redis://10.0.0.5:6379/0")
+        return value
 
 
 class ProdsmartSection(Strict):
@@ -32,6 +63,7 @@ class ProdsmartSection(Strict):
     not_increasing_pattern: str = r"(?i)(increas|greater|higher|previous|last)"
     retry_min: Duration = 1.0
     retry_max: Duration = 300.0
+    budget: BudgetSection | None = None
 
     @field_validator("url")
     @classmethod

@@ -39,6 +39,9 @@ class Metrics:
         self.queue_depth = Gauge(P + "queue_depth", "Calls waiting to be sent", ["machine"], registry=r)
         self.oldest_pending = Gauge(P + "oldest_pending_seconds", "Age of the oldest waiting call",
                                     ["machine"], registry=r)
+        self.count_lag = Gauge(P + "count_lag_seconds",
+                               "Age of the oldest part Prodsmart does not have yet (0: it has them all)",
+                               ["machine"], registry=r)
         self.dead_letters = Gauge(P + "dead_letters", "Calls Prodsmart refused, kept for review",
                                   registry=r)
         self.db_errors = Counter(P + "storage_errors", "Database operations that failed", registry=r)
@@ -55,6 +58,23 @@ class Metrics:
             registry=r,
         )
         self.call_latency = Histogram(P + "call_seconds", "Time of one Prodsmart call", ["endpoint"],
+                                      registry=r)
+        self.lag_at_delivery = Histogram(
+            P + "count_lag_at_delivery_seconds",
+            "Age of the oldest part a counter call carried when Prodsmart acknowledged it",
+            buckets=(1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 3600, 14400, 86400),
+            registry=r)
+        self.budget_shared = Gauge(
+            P + "budget_shared", "1 while the company budget is shared through Redis, 0 on the fallback",
+            registry=r)
+        self.budget_fallbacks = Counter(
+            P + "budget_fallbacks", "Times Redis could not be reached and the agent fell back to its share",
+            registry=r)
+        self.budget_per_minute = Gauge(
+            P + "budget_requests_per_minute",
+            "Requests a minute this agent may use now (the whole company budget when shared)", registry=r)
+        self.budget_refunds = Counter(P + "budget_refunds",
+                                      "Requests taken from the budget and given back: the call was not sent",
                                       registry=r)
         self.uplink_paused = Gauge(P + "uplink_paused", "1 while every lane waits (429, bad credentials)",
                                    ["reason"], registry=r)

@@ -28,6 +28,7 @@ class MachineStats:
     acked_waste: Mapping[str, int] = field(default_factory=dict)
     acked_running: bool | None = None
     dead_letters: int = 0
+    count_lag: float = 0.0  # age of the oldest part Prodsmart does not have yet; 0: it has them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +206,19 @@ class OutboxAdmin(OutboxBase):
             rows = await db.execute_fetchall("SELECT code, value FROM params WHERE machine = ?", (machine,))
         return {str(r[0]): json.loads(r[1]) for r in rows}
 
+    async def count_lags(self, now: float) -> dict[str, float]:
+        """Per machine with parts Prodsmart does not have yet: the age of the oldest (its lag)."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT machine, MIN(created) FROM calls WHERE kind = 'counter' GROUP BY machine")
+        return {str(r[0]): max(0.0, now - float(r[1])) for r in rows}
+
     async def stats(self, now: float) -> list[MachineStats]:
         """Per machine: queue depth and age, what Prodsmart holds, dead letters."""
         async with self._read() as db:
             calls = _by_machine(await db.execute_fetchall(
-                "SELECT machine, COUNT(*), MIN(created) FROM calls GROUP BY machine"))
+                "SELECT machine, COUNT(*), MIN(created), MIN(CASE WHEN kind = 'counter' THEN created END) "
+                "FROM calls GROUP BY machine"))
             params = _by_machine(await db.execute_fetchall(
                 "SELECT machine, COUNT(*) FROM params GROUP BY machine"))
             dead = _by_machine(await db.execute_fetchall(
@@ -231,7 +240,8 @@ class OutboxAdmin(OutboxBase):
                 offset=int(i[0]) if i else 0, acked_count=i[1] if i else None,
                 acked_waste=acked_waste.get(m, {}),
                 acked_running=None if i is None or i[2] is None else bool(i[2]),
-                dead_letters=int(dead[m][0]) if m in dead else 0))
+                dead_letters=int(dead[m][0]) if m in dead else 0,
+                count_lag=max(0.0, now - float(c[2])) if c and c[2] is not None else 0.0))
         self._export(out)
         return out
 
@@ -241,6 +251,7 @@ class OutboxAdmin(OutboxBase):
         for s in stats:
             self._metrics.queue_depth.labels(s.machine).set(s.depth)
             self._metrics.oldest_pending.labels(s.machine).set(s.oldest_pending_age or 0.0)
+            self._metrics.count_lag.labels(s.machine).set(s.count_lag)
         self._metrics.dead_letters.set(sum(s.dead_letters for s in stats))
 
 

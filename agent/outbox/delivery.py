@@ -32,12 +32,15 @@ class OutboxDelivery(OutboxBase):
         """The first call of every lane, and the machines with only parameters waiting."""
         async with self._read() as db:
             rows = await db.execute_fetchall(
-                "SELECT machine, kind, id FROM calls "
-                "WHERE id IN (SELECT MIN(id) FROM calls GROUP BY machine)")
+                "SELECT c.machine, c.kind, c.id, c.created, f.oldest FROM calls AS c JOIN "
+                "(SELECT MIN(id) AS first, MIN(CASE WHEN kind = 'counter' THEN created END) AS oldest "
+                "FROM calls GROUP BY machine) AS f ON c.id = f.first")
             params = await db.execute_fetchall(
-                "SELECT DISTINCT machine FROM params WHERE machine NOT IN (SELECT machine FROM calls)")
-        heads = [Head(str(r[0]), r[1], int(r[2])) for r in rows]
-        return heads + [Head(str(r[0]), "parameters", 0) for r in params]
+                "SELECT machine, MIN(updated) FROM params WHERE machine NOT IN (SELECT machine FROM calls) "
+                "GROUP BY machine")
+        heads = [Head(str(r[0]), r[1], int(r[2]), float(r[3]), None if r[4] is None else float(r[4]))
+                 for r in rows]
+        return heads + [Head(str(r[0]), "parameters", 0, float(r[1])) for r in params]
 
     async def begin_attempt(self, head: Head) -> Call | None:
         """Freeze the call's body and mark it in flight; None if nothing is left to send."""
@@ -108,6 +111,9 @@ class OutboxDelivery(OutboxBase):
             await self._forget_params(db, call)
             if call.kind == "counter":
                 await self._ack_counter(db, call, now)
+                if self._metrics is not None and call.created:
+                    # The call's `created` is when its oldest part was counted: the lag it ends.
+                    self._metrics.lag_at_delivery.observe(max(0.0, now - call.created))
             elif call.kind == "startstop":
                 await db.execute(
                     "INSERT INTO machines (machine, acked_running, acked_type, acked_at) VALUES (?, ?, ?, ?) "

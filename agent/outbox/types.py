@@ -61,11 +61,17 @@ class StorageError(PlainError):
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """The next call of one machine's lane (`id` 0: a parameters call built from pending values)."""
+    """The next call of one machine's lane (`id` 0: a parameters call built from pending values).
+
+    `created`: when the head call was queued (wall clock); `oldest`: when the machine's oldest part
+    that Prodsmart does not have yet was counted (its oldest queued counter call), None if none.
+    """
 
     machine: str
     kind: Kind
     id: int
+    created: float = 0.0
+    oldest: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,22 @@ def live_status(agent: Agent) -> dict[str, object]:
             if agent.uplink is not None else None}
 
 
+async def status_document(agent: Agent) -> dict[str, object]:
+    """The /status JSON: `live_status`, each machine's count lag in seconds (0: Prodsmart has every
+    part) and the request budget (mode local/shared/fallback, requests a minute, agents seen)."""
+    doc = live_status(agent)
+    lags: dict[str, float] = {}
+    if agent.outbox is not None:
+        try:
+            lags = await agent.outbox.count_lags(time.time())
+        except StorageError:
+            pass  # /healthz reports the database; the rest of the status still helps
+    machines = sorted(set(agent.config.machines) | set(lags))
+    doc["lag"] = {code: round(lags.get(code, 0.0), 1) for code in machines}
+    doc["budget"] = agent.uplink.budget.describe() if agent.uplink is not None else None
+    return doc
+
+
 async def _handle(agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         request = await asyncio.wait_for(reader.readline(), 5.0)
@@ -90,7 +106,7 @@ async def _handle(agent: Agent, reader: asyncio.StreamReader, writer: asyncio.St
             status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(agent.metrics.registry)
         elif path.startswith("/status"):
             status, ctype = 200, "application/json"
-            body = json.dumps(live_status(agent)).encode()
+            body = json.dumps(await status_document(agent)).encode()
         elif path.startswith("/healthz"):
             health = await assess(agent)
             status = 200 if health.healthy else 503

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import TextIO
 
 from agent.config.loader import load_config
 from agent.config.problems import ConfigError
-from agent.config.secrets import connection_secret
+from agent.config.secrets import connection_secret, redis_secrets
 from agent.config.specs import AgentConfig
 from agent.core.backoff import Backoff
 from agent.core.metrics import Metrics
@@ -22,6 +23,7 @@ from agent.outbox.store import Outbox, StorageError
 from agent.runtime.pipeline import Pipeline
 from agent.sources.base import SourceContext
 from agent.sources.registry import PROTOCOLS
+from agent.uplink.budget import open_budget
 from agent.uplink.client import Credentials, Uplink
 
 log = logging.getLogger(__name__)
@@ -90,18 +92,24 @@ class Agent:
     async def run(self) -> None:
         """Run until `stopping` is set; then stop sources, commit, drain briefly, close."""
         cfg = self.config
+        # Stable across restarts, distinct for agents of one PC: the shared budget counts agents by it.
+        agent_id = f"{socket.gethostname()}:{cfg.storage.path}"
+        # A dry run sends nothing: it neither needs Redis nor counts as one of the company's agents.
+        settings = cfg.prodsmart.model_copy(update={"budget": None}) if self.dry_run else cfg.prodsmart
+        budget = open_budget(settings, self.metrics, agent_id, *redis_secrets())
         self.outbox = outbox = await Outbox.open(
             cfg.storage.path, synchronous=cfg.storage.synchronous, max_size_mb=cfg.storage.max_size_mb,
             metrics=self.metrics, waste_without_count=cfg.prodsmart.waste_without_count,
             access="copy" if self.dry_run else "agent")  # a dry run leaves the database as found
         try:
             self.uplink = uplink = Uplink(outbox, cfg.prodsmart, self.credentials, self.metrics,
-                                          dry_run=self.dry_run, out=self.out)
+                                          dry_run=self.dry_run, out=self.out, budget=budget)
             logic = Logic(cfg.machines, await outbox.load_states())
             self.pipeline = pipeline = Pipeline(logic, outbox, self.metrics, cfg.storage.commit_interval,
                                                 uplink.wake)
             await self._serve(pipeline, uplink)
         finally:
+            await budget.close()
             await outbox.close()
 
     async def _serve(self, pipeline: Pipeline, uplink: Uplink) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agent.sandbox.calls import CounterCall, ParametersCall, Refused, StartStopCall
@@ -17,8 +17,9 @@ class Ledger:
     """A consistent snapshot of everything the sandbox received and applied.
 
     accepted: every applied call in arrival order: seq, time, machine, endpoint, body, auth
-        ("basic" | "token"), fault (the fault kind that hit it, or None), repeated (a startstop
-        for a machine already in that state), ignored (parts left out under repeat_count=ignore).
+        ("basic" | "token"), client (the API key), fault (the fault kind that hit it, or None),
+        repeated (a startstop for a machine already in that state), ignored (parts left out under
+        repeat_count=ignore).
     rejected: every answered 4xx/5xx: seq, time, machine, endpoint, status, reason, body.
     faulted: every request a fault hit: seq, time, machine, endpoint, kind, applied, body.
     counters[machine]: {"count": int | None, "waste": {code: int}}.
@@ -28,6 +29,7 @@ class Ledger:
     parameters[machine]: {name or code: last value}.
     statuses: how many API requests got each status ("200", "429"...), "dropped" for aborted ones.
     authorizations: every /authorization request: seq, time, method, status (None if dropped).
+    other_integrations: requests of the company's other integrations (simulated): admitted, refused.
     """
 
     accepted: list[Record]
@@ -40,13 +42,14 @@ class Ledger:
     parameters: dict[str, Record]
     statuses: dict[str, int]
     authorizations: list[Record]
+    other_integrations: dict[str, int] = field(default_factory=lambda: {"admitted": 0, "refused": 0})
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Ledger:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 class Book:

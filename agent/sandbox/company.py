@@ -1,4 +1,8 @@
-"""One Prodsmart company: a request goes through faults, rate limit, auth and rules to an Outcome."""
+"""One Prodsmart company: a request goes through faults, rate limit, auth and rules to an Outcome.
+
+The company may have several API keys (`SandboxOptions.clients`: other agents, other line PCs),
+each with its own access tokens; the rate limit counts every request of every key, plus the
+simulated other integrations (`other_integrations_per_minute`)."""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ class Company:
         self.options = options
         self._book = Book()
         self._faults = FaultBook()
-        self._tokens = TokenStore()
+        self._tokens: dict[str, TokenStore] = {}  # per API key
         self._window = RateWindow()
         self._seq = 0
         self.control = Control(self)
@@ -41,7 +45,7 @@ class Company:
     # -- used by the Sandbox and the control endpoints ------------------------------------------
     def ledger(self) -> Ledger:
         with self._lock:
-            return self._book.snapshot()
+            return replace(self._book.snapshot(), other_integrations=dict(self._window.others))
 
     def inject(self, fault: Fault) -> None:
         with self._lock:
@@ -65,7 +69,7 @@ class Company:
         with self._lock:
             self._book = Book()
             self._faults.clear()
-            self._tokens.delete()
+            self._tokens.clear()
             self._window.clear()
             self._seq = 0
 
@@ -136,14 +140,14 @@ class Company:
 
     def _admit(self) -> None:
         limit = self.options.requests_per_minute
-        wait = self._window.admit(limit, time.monotonic())
+        wait = self._window.admit(limit, time.monotonic(), self.options.other_integrations_per_minute)
         if wait is not None:
             raise too_many(wait, self.options.retry_after_format,
                            f"rate limit of {limit} requests per minute reached; retry later")
 
     def _machine_call(self, request: Request, endpoint: str, machine: str, entry: Record) -> Record:
         self._method(request, "POST")
-        entry["auth"] = self._machine_auth(request)
+        entry["auth"], entry["client"] = self._machine_auth(request)
         if self.options.types_of(machine) is None:
             raise Refused(404, f"machine {machine} does not exist")
         body = calls.decode_json(request.headers.get("content-type"), request.body)
@@ -156,52 +160,61 @@ class Company:
 
     def _authorization(self, request: Request) -> Outcome:
         self._method(request, "GET", "POST", "DELETE")
-        if not self._basic(request):
+        key = self._basic(request)
+        if key is None:
             raise _unauthorized("/authorization takes the API key and secret as HTTP Basic authentication")
+        tokens = self._tokens.setdefault(key, TokenStore())
         now = time.monotonic()
         if request.method == "DELETE":
-            self._tokens.delete()
+            tokens.delete()
             return Outcome(204, content_type="")
         if request.method == "POST":
             scopes = calls.parse_scopes(calls.decode_json(request.headers.get("content-type"), request.body))
-            token = self._tokens.create(scopes, self.options.token_ttl, now, self.options.post_replaces_token)
+            token = tokens.create(scopes, self.options.token_ttl, now, self.options.post_replaces_token)
             status = 201
         else:
-            found = self._tokens.current(now)
+            found = tokens.current(now)
             if found is None:
                 raise Refused(404, "no access token exists; POST /authorization creates one")
             token, status = found, 200
         links = {"self": {"href": f"{self.options.paths_prefix}/authorization"}}
         return json_outcome(status, {"scopes": list(token.scopes), "token": token.value, "_links": links})
 
-    def _machine_auth(self, request: Request) -> str:
+    def _machine_auth(self, request: Request) -> tuple[str, str]:
+        """("basic" | "token", the API key) of a machine call, or Refused."""
         if "access_token" in request.query:
-            self._token(request)
-            return "token"
-        if self._basic(request):
-            return "basic"
+            return "token", self._token(request)
+        key = self._basic(request)
+        if key is not None:
+            return "basic", key
         if "authorization" in request.headers:
             raise _unauthorized("wrong API key or secret")
         raise _unauthorized("authentication required: HTTP Basic API key and secret, or ?access_token=")
 
-    def _token(self, request: Request) -> None:
+    def _token(self, request: Request) -> str:
+        """The API key whose valid access token the request carries, or Refused."""
         values = request.query.get("access_token", [])
         if len(values) != 1 or not values[0]:
             raise _unauthorized("an access_token query parameter is required")
-        token = self._tokens.check(values[0], time.monotonic())
+        key, owner = next(((k, s) for k, s in self._tokens.items() if s.holds(values[0])), ("", TokenStore()))
+        token = owner.check(values[0], time.monotonic())
         if "productions_write" not in token.scopes:
             raise Refused(403, "the access token lacks the productions_write scope")
+        return key
 
-    def _basic(self, request: Request) -> bool:
+    def _basic(self, request: Request) -> str | None:
+        """The API key of valid HTTP Basic credentials of this company, else None."""
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return None
         try:
             key, sep, secret = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
-            return False
-        return bool(sep) and secrets.compare_digest(key, self.options.api_key) and \
-            secrets.compare_digest(secret, self.options.api_secret)
+            return None
+        expected = self.options.secret_of(key)
+        if not sep or expected is None or not secrets.compare_digest(secret, expected):
+            return None
+        return key
 
     @staticmethod
     def _method(request: Request, *allowed: str) -> None:

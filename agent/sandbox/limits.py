@@ -41,6 +41,9 @@ class TokenStore:
     def delete(self) -> None:
         self._tokens.clear()
 
+    def holds(self, value: str) -> bool:
+        return value in self._tokens
+
     def check(self, value: str, now: float) -> Token:
         token = self._tokens.get(value)
         if token is None:
@@ -56,22 +59,47 @@ class TokenStore:
 
 
 class RateWindow:
-    """A sliding 60 s window of admitted requests."""
+    """A sliding 60 s window of admitted requests, the company's other integrations' included."""
 
     def __init__(self) -> None:
         self._times: deque[float] = deque()
+        self._next_other: float | None = None
+        self.others = {"admitted": 0, "refused": 0}
 
-    def admit(self, limit: int, now: float) -> float | None:
+    def admit(self, limit: int, now: float, others_per_minute: float = 0.0) -> float | None:
         """None if the request is admitted (and counted), else the seconds until one would be."""
-        while self._times and self._times[0] <= now - WINDOW:
-            self._times.popleft()
+        self._others(limit, now, others_per_minute)
+        self._prune(now)
         if limit and len(self._times) >= limit:
             return self._times[len(self._times) - limit] + WINDOW - now
         self._times.append(now)
         return None
 
+    def _others(self, limit: int, now: float, per_minute: float) -> None:
+        """The other integrations' requests due by `now`, evenly spaced from the first request on."""
+        if per_minute <= 0:
+            self._next_other = None
+            return
+        if self._next_other is None:
+            self._next_other = now
+        while self._next_other <= now:
+            at = self._next_other
+            self._prune(at)
+            if limit and len(self._times) >= limit:
+                self.others["refused"] += 1
+            else:
+                self._times.append(at)
+                self.others["admitted"] += 1
+            self._next_other = at + WINDOW / per_minute
+
+    def _prune(self, now: float) -> None:
+        while self._times and self._times[0] <= now - WINDOW:
+            self._times.popleft()
+
     def clear(self) -> None:
         self._times.clear()
+        self._next_other = None
+        self.others = {"admitted": 0, "refused": 0}
 
 
 def retry_after(seconds: float, fmt: str) -> str:

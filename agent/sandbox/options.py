@@ -25,6 +25,10 @@ class SandboxOptions:
     machines: machine code -> downtime types assigned to it; None accepts any machine with
         DEFAULT_TYPES.
     requests_per_minute: per company, sliding 60 s window over every API request; 0 = no limit.
+    clients: further API key -> secret pairs of the same company (other agents, other line PCs),
+        each with its own access tokens; every request of every key counts against the one limit.
+    other_integrations_per_minute: requests the company's other integrations send, evenly
+        spaced, taking part of the limit (refused, not counted, when the window is full).
     repeat_count (undocumented): "reject" (400) or "ignore" (200, no change) a count or waste
         quantity equal to the last one. A smaller one is always rejected.
     waste_requires_count (undocumented): reject a counter call that carries waste but no count.
@@ -38,6 +42,8 @@ class SandboxOptions:
     api_secret: str = "sandbox-secret"
     machines: dict[str, list[str]] | None = None
     requests_per_minute: int = 120
+    clients: dict[str, str] | None = None
+    other_integrations_per_minute: float = 0.0
     retry_after_format: str = "seconds"
     token_ttl: float = 7200.0
     repeat_count: str = "reject"
@@ -53,10 +59,19 @@ class SandboxOptions:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.requests_per_minute < 0:
             raise ValueError("requests_per_minute must be >= 0 (0 = no limit)")
+        others = self.other_integrations_per_minute
+        if not (math.isfinite(others) and others >= 0):
+            raise ValueError("other_integrations_per_minute must be a finite number >= 0")
         if not self.token_ttl > 0:
             raise ValueError("token_ttl must be > 0")
         if not self.paths_prefix.startswith("/") or self.paths_prefix.endswith("/"):
             raise ValueError("paths_prefix must start with '/' and not end with it, e.g. '/api'")
+
+    def secret_of(self, api_key: str) -> str | None:
+        """The secret of one of the company's API keys, or None if it has no such key."""
+        if api_key == self.api_key:
+            return self.api_secret
+        return (self.clients or {}).get(api_key)
 
     def types_of(self, machine: str) -> list[str] | None:
         """The downtime types of a machine, or None when the machine does not exist."""

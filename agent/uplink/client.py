@@ -5,11 +5,17 @@ answer is classed once (`agent.uplink.outcomes.classify`, which documents the cl
 settled here, in `_settle`, into an outcome for the outbox: acknowledged, retried on its lane,
 a pause of every lane or of one machine's, or a dead letter (refusals: `agent.uplink.refusals`,
 whose methods `Uplink` inherits).
+
+Which call goes next is `agent.uplink.scheduler`'s choice (by lag); how many may go is the
+budget's (`agent.uplink.budget`: this agent's token bucket, or the company's shared one). A
+request taken from the budget for a call that is then not sent is given back; a 429 blocks the
+budget (a shared one: every agent of the company) until Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import itertools
 import json
@@ -28,19 +34,18 @@ import httpx
 
 from agent import __version__
 from agent.config.sections import ProdsmartSection
-from agent.core.backoff import Backoff
 from agent.core.metrics import Metrics
 from agent.outbox.store import Call, Head, Outbox
 from agent.uplink.auth import Credentials, TokenAuth, protect_http_loggers, redact
+from agent.uplink.budget import Budget, LocalBudget, take
 from agent.uplink.outcomes import classify, is_token_request, may_have_arrived
-from agent.uplink.ratelimit import TokenBucket
 from agent.uplink.refusals import Refusals
+from agent.uplink.scheduler import Lane, Scheduler
 
 __all__ = ["Credentials", "Uplink", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
-PRIORITY = {"startstop": 0, "counter": 1, "parameters": 2}
 IDLE_RECHECK = 5.0  # seconds: how often an idle uplink looks at the database again
 DEFAULT_RETRY_AFTER = 60.0
 MAX_RETRY_AFTER = 3600.0  # a bogus Retry-After must not silence the agent for days
@@ -60,15 +65,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float:
             return DEFAULT_RETRY_AFTER
         seconds = when.timestamp() - (time.time() if now is None else now)
     return min(MAX_RETRY_AFTER, max(1.0, seconds))
-
-
-@dataclass
-class _Lane:
-    backoff: Backoff
-    until: float = 0.0
-    failing: bool = False
-    served: int = -1
-    forbidden: bool = False  # Prodsmart answers 403 to this machine alone
 
 
 @dataclass
@@ -94,6 +90,7 @@ class Uplink(Refusals):
         burst: int = 2,
         auth_retry: float = 60.0,
         rng: random.Random | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self._outbox = outbox
         self._settings = settings
@@ -106,10 +103,10 @@ class Uplink(Refusals):
         self._auth_retry = auth_retry
         self._rng = rng or random.Random()
         self._clock: Callable[[], float] = time.monotonic
-        self._bucket = TokenBucket(settings.requests_per_minute, burst)
+        self._budget: Budget = budget or LocalBudget(settings.requests_per_minute, metrics, burst=burst)
         self._pattern = re.compile(settings.not_increasing_pattern)
         self._auth_url = settings.url + settings.paths.authorization
-        self._lanes: dict[str, _Lane] = {}
+        self._scheduler = Scheduler(settings, self._rng)
         self._pause = _Pause()
         self._forbidden_streak: set[str] = set()  # machines answered 403 since the last delivery
         self._serial = itertools.count()
@@ -131,7 +128,11 @@ class Uplink(Refusals):
     @property
     def forbidden(self) -> list[str]:
         """The machines whose calls Prodsmart refuses with 403 while the credentials work."""
-        return sorted(m for m, lane in self._lanes.items() if lane.forbidden)
+        return self._scheduler.forbidden()
+
+    @property
+    def budget(self) -> Budget:
+        return self._budget
 
     def wake(self) -> None:
         self._idle.clear()
@@ -140,10 +141,23 @@ class Uplink(Refusals):
     async def run(self) -> None:
         """Drain forever until cancelled; raises only StorageError or a bug."""
         self._running = True
+        keeper = asyncio.create_task(self._keep_budget(), name="uplink budget")
         try:
             await self._loop(until_empty=False)
         finally:
             self._running = False
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_budget(self) -> None:
+        """A shared budget keeps in touch with Redis (and finds it again) while nothing is sent."""
+        while True:
+            try:
+                await self._budget.keepalive()
+            except Exception as exc:  # a bug here must not stop the deliveries
+                log.debug("budget keepalive failed: %s", exc)
+            await asyncio.sleep(1.0)
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - the service's shutdown budget
         """Send what can be sent within `timeout`; True if nothing is left waiting."""
@@ -165,7 +179,7 @@ class Uplink(Refusals):
     async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
         auth: httpx.Auth
         if self._settings.auth == "token":
-            auth = TokenAuth(self._credentials, self._auth_url, pace=self._bucket.take)
+            auth = TokenAuth(self._credentials, self._auth_url, pace=lambda: take(self._budget))
         else:
             auth = httpx.BasicAuth(self._credentials.api_key, self._credentials.api_secret)
         limits = httpx.Limits(max_connections=self._concurrency + 1)
@@ -195,11 +209,12 @@ class Uplink(Refusals):
                                 return True
                         await self._nap(wait)
                         continue
-                    if not self._dry_run and not self._bucket.try_take():
-                        await asyncio.sleep(self._bucket.delay())
+                    if not self._dry_run and not await self._spend(head):
                         continue  # choose again: a more urgent call may have come meanwhile
                     call = await self._outbox.begin_attempt(head)
-                    if call is None:
+                    if call is None:  # coalesced away or held: nothing is sent, the request is not spent
+                        if not self._dry_run:
+                            await self._budget.refund()
                         continue
                     self._lane(head.machine).served = next(self._serial)
                     task = asyncio.create_task(self._deliver(client, call), name=f"uplink {head.machine}")
@@ -209,6 +224,23 @@ class Uplink(Refusals):
                 for task in tasks.values():
                     task.cancel()
                 await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def _spend(self, head: Head) -> bool:
+        """Take one request from the budget for `head`; else wait (woken by a commit) and say no."""
+        age = self._scheduler.age(head, self._clock())
+        grant = await self._budget.acquire(spare=head.kind == "parameters", age=age)
+        if grant.granted:
+            return True
+        if grant.blocked and self._pause.reason is None:
+            # Another agent of the company got a 429: wait out its Retry-After like our own.
+            self._start_pause("rate_limited", grant.wait)
+            log.debug("Another agent of the company reached Prodsmart's rate limit: waiting %.0f s",
+                      grant.wait)
+        elif head.kind == "parameters":
+            await self._nap(grant.wait)  # a counter call may come meanwhile and carry them
+        else:
+            await asyncio.sleep(grant.wait)
+        return False
 
     async def _nap(self, seconds: float | None) -> None:
         """Sleep until woken (a commit, a finished call) or for `seconds`; never longer than
@@ -230,32 +262,14 @@ class Uplink(Refusals):
     def _choose(
         self, heads: list[Head], tasks: dict[str, asyncio.Task[None]]
     ) -> tuple[Head | None, float | None]:
-        """The next head to send (startstop, then counter, then parameters; round robin), or how
-        long to wait for a lane's backoff to end (None: until woken)."""
+        """The next head to send (see `agent.uplink.scheduler`), or how long to wait for a lane's
+        backoff to end (None: until woken)."""
         if len(tasks) >= self._concurrency or (self._pause.reason is not None and tasks):
             return None, None  # after a 429 or refused credentials, one probe at a time
-        now = self._clock()
-        ready: list[Head] = []
-        soonest: float | None = None
-        for head in heads:
-            if head.machine in tasks:
-                continue
-            lane = self._lanes.get(head.machine)
-            if lane is not None and lane.until > now:
-                soonest = lane.until if soonest is None else min(soonest, lane.until)
-                continue
-            ready.append(head)
-        if not ready:
-            return None, None if soonest is None else soonest - now
-        best = min(ready, key=lambda h: (PRIORITY[h.kind], self._lane(h.machine).served, h.machine))
-        return best, None
+        return self._scheduler.choose(heads, tasks, self._clock())
 
-    def _lane(self, machine: str) -> _Lane:
-        lane = self._lanes.get(machine)
-        if lane is None:
-            backoff = Backoff(self._settings.retry_min, self._settings.retry_max, rng=self._rng)
-            lane = self._lanes[machine] = _Lane(backoff)
-        return lane
+    def _lane(self, machine: str) -> Lane:
+        return self._scheduler.lane(machine)
 
     # ------------------------------------------------------------------ one call
 
@@ -275,6 +289,8 @@ class Uplink(Refusals):
         except httpx.HTTPError as exc:
             self._metrics.calls.labels(call.kind, "error").inc()
             sent = may_have_arrived(exc, self._auth_url)
+            if not sent:
+                await self._budget.refund()  # it never left this machine: Prodsmart did not count it
             detail = f"{type(exc).__name__}: {redact(exc) or 'no detail'}"
             await self._retry(call, unknown=sent, reason="timeout" if isinstance(
                 exc, httpx.TimeoutException) else "network", detail=detail)
@@ -295,7 +311,7 @@ class Uplink(Refusals):
             elif verdict == "auth":
                 self._auth_refused(status, for_token)
             else:
-                self._rate_limited(response)
+                await self._rate_limited(response)
             return
         self._end_pause("auth", "Prodsmart accepts the API credentials again")
         self._end_pause("rate_limited", "Prodsmart takes calls again after its rate limit")
@@ -334,9 +350,9 @@ class Uplink(Refusals):
 
     # ------------------------------------------------------------------ pauses
 
-    def _rate_limited(self, response: httpx.Response) -> None:
+    async def _rate_limited(self, response: httpx.Response) -> None:
         seconds = parse_retry_after(response.headers.get("Retry-After"))
-        self._bucket.empty()
+        await self._budget.block(seconds)  # with a shared budget: every agent of the company waits
         first = self._pause.reason != "rate_limited"
         self._metrics.rate_limited.inc()
         self._start_pause("rate_limited", seconds)

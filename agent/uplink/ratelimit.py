@@ -34,17 +34,24 @@ class TokenBucket:
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
 
-    def delay(self) -> float:
-        """Seconds until a token is available (0 if one is)."""
+    def delay(self, spare: bool = False) -> float:
+        """Seconds until a token is available (0 if one is); `spare`: until the bucket is full,
+        i.e. nothing else wants the budget (parameters go only in spare budget)."""
         self._refill()
-        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+        need = self.burst if spare else 1.0
+        return 0.0 if self._tokens >= need else (need - self._tokens) / self.rate
 
-    def try_take(self) -> bool:
-        """Take a token if one is available now."""
-        if self.delay() > 0:
+    def try_take(self, spare: bool = False) -> bool:
+        """Take a token if one is available now (`spare`: only if the bucket is full)."""
+        if self.delay(spare) > 0:
             return False
         self._tokens -= 1.0
         return True
+
+    def give_back(self) -> None:
+        """Return a token taken for a call that was not sent after all."""
+        self._refill()
+        self._tokens = min(self.burst, self._tokens + 1.0)
 
     async def take(self) -> None:
         """Wait for a token and take it."""

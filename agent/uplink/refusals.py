@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
     from agent.core.metrics import Metrics
     from agent.outbox.store import Outbox
-    from agent.uplink.client import _Lane, _Pause
+    from agent.uplink.client import _Pause
+    from agent.uplink.scheduler import Lane
 
 # The module these methods came from, so log lines (and the tests' log filters) read as they did.
 log = logging.getLogger("agent.uplink.client")
@@ -43,7 +44,7 @@ class Refusals:
         _clock: Callable[[], float]
         _forbidden_streak: set[str]
 
-        def _lane(self, machine: str) -> _Lane: ...
+        def _lane(self, machine: str) -> Lane: ...
 
         async def _delivered(self, call: Call) -> None: ...
 

@@ -178,3 +178,23 @@ machines:
     assert "LABEL-04" in warnings[0] and "counter" in warnings[0] and "id" in warnings[0]
     assert "LABEL-05" in warnings[1] and "Scrap" in warnings[1]
     assert f"{path}:4: " in warnings[0] and f"{path}:6: " in warnings[1]
+
+
+def test_a_redis_password_written_into_the_url_is_refused_and_never_shown() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(CASES / "budget-errors" / "agent.yaml")
+    assert "hunter2" not in str(info.value) and all("hunter2" not in str(p) for p in info.value.problems)
+
+
+def test_the_commented_budget_of_the_example_is_valid() -> None:
+    """Uncommenting `budget:` in config/agent.example.yaml (with a value for each empty key) loads."""
+    lines = []
+    for line in (ROOT / "config/agent.example.yaml").read_text().splitlines():
+        if line.startswith("  # budget:") or (line.startswith("  #   ") and not line.startswith("  #    ")):
+            line = "  " + line[4:]
+            line = line.replace("fallback_per_minute:    #", "fallback_per_minute: 30 #")
+            line = line.replace("tls_ca_file:            #", "tls_ca_file: /etc/ca.pem #")
+        lines.append(line)
+    cfg = parse_config("\n".join(lines) + "\n")
+    assert cfg.prodsmart.budget is not None and cfg.prodsmart.budget.redis == "redis://10.0.0.5:6379/0"
+    assert cfg.prodsmart.budget.fallback_per_minute == 30
