@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import itertools
 import json
 import logging
@@ -26,7 +25,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import quote
 
@@ -39,6 +37,7 @@ from agent.outbox.store import Call, Head, Outbox
 from agent.uplink.auth import Credentials, TokenAuth, protect_http_loggers, redact
 from agent.uplink.budget import Budget, LocalBudget, take
 from agent.uplink.outcomes import classify, is_token_request, may_have_arrived
+from agent.uplink.pauses import Pause, Pauses, parse_retry_after
 from agent.uplink.refusals import Refusals
 from agent.uplink.scheduler import Lane, Scheduler
 
@@ -47,33 +46,9 @@ __all__ = ["Credentials", "Uplink", "parse_retry_after"]
 log = logging.getLogger(__name__)
 
 IDLE_RECHECK = 5.0  # seconds: how often an idle uplink looks at the database again
-DEFAULT_RETRY_AFTER = 60.0
-MAX_RETRY_AFTER = 3600.0  # a bogus Retry-After must not silence the agent for days
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float:
-    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date; missing: 60 s."""
-    if value is None or not value.strip():
-        return DEFAULT_RETRY_AFTER
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return DEFAULT_RETRY_AFTER
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(MAX_RETRY_AFTER, max(1.0, seconds))
-
-
-@dataclass
-class _Pause:
-    reason: str | None = None
-    until: float = 0.0
-
-
-class Uplink(Refusals):
+class Uplink(Pauses, Refusals):
     """Sends the outbox's calls to Prodsmart until cancelled; `wake()` after each commit."""
 
     def __init__(
@@ -107,7 +82,7 @@ class Uplink(Refusals):
         self._pattern = re.compile(settings.not_increasing_pattern)
         self._auth_url = settings.url + settings.paths.authorization
         self._scheduler = Scheduler(settings, self._rng)
-        self._pause = _Pause()
+        self._pause = Pause()
         self._forbidden_streak: set[str] = set()  # machines answered 403 since the last delivery
         self._serial = itertools.count()
         self._wake = asyncio.Event()
@@ -116,14 +91,6 @@ class Uplink(Refusals):
         protect_http_loggers()
 
     # ------------------------------------------------------------------ public
-
-    @property
-    def paused(self) -> str | None:
-        """"rate_limited" or "auth" while every lane waits, else None."""
-        reason = self._pause.reason
-        if reason == "rate_limited" and self._clock() >= self._pause.until:
-            return None
-        return reason
 
     @property
     def forbidden(self) -> list[str]:
@@ -252,13 +219,6 @@ class Uplink(Refusals):
         except TimeoutError:
             pass
 
-    def _pause_left(self) -> float:
-        left = self._pause.until - self._clock()
-        if left <= 0 and self._pause.reason == "rate_limited":
-            # The wait is over; the episode (logged once) ends with the next answer that is not a 429.
-            self._metrics.uplink_paused.labels("rate_limited").set(0)
-        return max(0.0, left)
-
     def _choose(
         self, heads: list[Head], tasks: dict[str, asyncio.Task[None]]
     ) -> tuple[Head | None, float | None]:
@@ -347,32 +307,6 @@ class Uplink(Refusals):
         lane.failing = True
         log.log(level, "Cannot deliver the %s call of %s to Prodsmart (POST %s): %s; retrying in %.3g s",
                 call.kind, call.machine, self._path(call), detail, delay)
-
-    # ------------------------------------------------------------------ pauses
-
-    async def _rate_limited(self, response: httpx.Response) -> None:
-        seconds = parse_retry_after(response.headers.get("Retry-After"))
-        await self._budget.block(seconds)  # with a shared budget: every agent of the company waits
-        first = self._pause.reason != "rate_limited"
-        self._metrics.rate_limited.inc()
-        self._start_pause("rate_limited", seconds)
-        log.log(logging.WARNING if first else logging.DEBUG,
-                "Prodsmart's rate limit is reached (HTTP 429): every machine waits %.0f s", seconds)
-
-    def _start_pause(self, reason: str, seconds: float) -> None:
-        if self._pause.reason is not None and self._pause.reason != reason:
-            self._metrics.uplink_paused.labels(self._pause.reason).set(0)
-        self._pause.reason = reason
-        self._pause.until = max(self._pause.until, self._clock() + seconds) if reason == "rate_limited" \
-            else self._clock() + seconds
-        self._metrics.uplink_paused.labels(reason).set(1)
-
-    def _end_pause(self, reason: str, message: str) -> None:
-        if self._pause.reason != reason:
-            return
-        self._pause.reason = None
-        self._metrics.uplink_paused.labels(reason).set(0)
-        log.info(message)
 
 
 def _reap(tasks: dict[str, asyncio.Task[None]]) -> None:

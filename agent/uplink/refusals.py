@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from agent.core.metrics import Metrics
     from agent.outbox.store import Outbox
-    from agent.uplink.client import _Pause
+    from agent.uplink.pauses import Pause
     from agent.uplink.scheduler import Lane
 
 # The module these methods came from, so log lines (and the tests' log filters) read as they did.
@@ -38,7 +38,7 @@ class Refusals:
         _outbox: Outbox
         _metrics: Metrics
         _pattern: re.Pattern[str]
-        _pause: _Pause
+        _pause: Pause
         _auth_retry: float
         _rng: random.Random
         _clock: Callable[[], float]
