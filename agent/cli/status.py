@@ -10,14 +10,19 @@ import urllib.request
 from typing import Any, TextIO
 
 from agent.cli.common import load, open_outbox
+from agent.config.secrets import console_token
 from agent.config.specs import AgentConfig
 
 
 def _live(listen: str) -> dict[str, Any] | None:
+    """The running agent's /api/status (the JSON the browser console shows), or None."""
     host, _, port = listen.rpartition(":")
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
+    token = console_token()  # needed when the agent listens beyond loopback
+    request = urllib.request.Request(f"http://{host}:{port}/api/status",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=3) as response:
+        with urllib.request.urlopen(request, timeout=3) as response:
             data: dict[str, Any] = json.loads(response.read())
             return data
     except (OSError, ValueError, urllib.error.URLError):
@@ -64,8 +69,8 @@ async def print_status(cfg: AgentConfig, out: TextIO) -> int:
         out.write(f"{code:<16} {s.depth:>6} {_age(s.oldest_pending_age):>7} {s.pending_parameters:>6} "
                   f"{count:>11} {s.offset:>7} {running:>8} {s.dead_letters:>5}  {waste}{note}\n")
         if live is not None:
-            for role, r in (live["machines"].get(code) or {}).items():
-                value = ("no reading yet" if r is None
+            for role, r in ((live["machines"].get(code) or {}).get("tags") or {}).items():
+                value = ("no reading yet" if r["quality"] is None
                          else f"{r['value']!r} ({r['quality']}, {_age(r['age'])} ago)")
                 out.write(f"    {role:<22} {value}\n")
     out.write(f"\ndead letters: {len(dead)}" + ("  (prodsmart-edge dead-letters CONFIG list)" if dead else "")

@@ -112,8 +112,8 @@ async def run_demo(seconds: float, workdir: str | None, out: TextIO) -> int:
         log = folder / "demo.log"
         procs.append(await _start_plc("modbus", modbus, log))
         procs.append(await _start_plc("opcua", opcua, log))
-        config = folder / "agent.yaml"
-        config.write_text(CONFIG.format(url=sandbox.url, db=folder / "agent.db", metrics=_free_port(),
+        config, metrics = folder / "agent.yaml", _free_port()
+        config.write_text(CONFIG.format(url=sandbox.url, db=folder / "agent.db", metrics=metrics,
                                         modbus=modbus, opcua=opcua, ns=OPCUA_NAMESPACE))
         env = dict(os.environ, PRODSMART_API_KEY=sandbox.options.api_key,
                    PRODSMART_API_SECRET=sandbox.options.api_secret)
@@ -124,6 +124,7 @@ async def run_demo(seconds: float, workdir: str | None, out: TextIO) -> int:
         out.write(f"prodsmart-edge demo: a simulated Modbus PLC (PRESS-01, 127.0.0.1:{modbus}), a "
                   f"simulated OPC UA PLC (OVEN-02, 127.0.0.1:{opcua}) and a local Prodsmart sandbox "
                   f"({sandbox.url}).\nThe agent reads them with {config} (its log: {log}).\n"
+                  f"console: http://127.0.0.1:{metrics}/\n"
                   "What Prodsmart receives, live (Ctrl-C to stop):\n")
         out.flush()
         with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):

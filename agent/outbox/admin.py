@@ -200,6 +200,14 @@ class OutboxAdmin(OutboxBase):
         self._export(out)
         return out
 
+    async def oldest_counters(self, now: float) -> dict[str, float]:
+        """Per machine: the age of its oldest waiting counter call (coalescing keeps the oldest
+        creation time), i.e. how long its oldest unacknowledged part has waited."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT machine, MIN(created) FROM calls WHERE kind = 'counter' GROUP BY machine")
+        return {str(r[0]): max(0.0, now - float(r[1])) for r in rows}
+
     def _export(self, stats: list[MachineStats]) -> None:
         if self._metrics is None:
             return

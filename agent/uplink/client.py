@@ -37,6 +37,7 @@ from agent.core.backoff import Backoff
 from agent.core.metrics import Metrics
 from agent.outbox.store import Call, Head, Outbox
 from agent.uplink.auth import Credentials, TokenAuth, protect_http_loggers, redact
+from agent.uplink.journal import CallJournal, LastCall, excerpt
 from agent.uplink.ratelimit import TokenBucket
 
 __all__ = ["Credentials", "Uplink", "parse_retry_after"]
@@ -119,6 +120,7 @@ class Uplink:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._running = False
+        self.journal = CallJournal()  # the last call per machine and its answer, for the console
         protect_http_loggers()
 
     # ------------------------------------------------------------------ public
@@ -130,6 +132,11 @@ class Uplink:
         if reason == "rate_limited" and self._clock() >= self._pause.until:
             return None
         return reason
+
+    @property
+    def pause_left(self) -> float:
+        """Seconds every lane still waits (0 when not paused)."""
+        return max(0.0, self._pause.until - self._clock()) if self._pause.reason else 0.0
 
     def wake(self) -> None:
         self._idle.clear()
@@ -263,6 +270,7 @@ class Uplink:
         path = self._path(call)
         if self._dry_run:
             print(f"POST {path} {json.dumps(call.body)}", file=self._out or sys.stdout, flush=True)
+            self.journal.note(call.machine, LastCall(time.time(), call.kind, dict(call.body), 200, "dry run"))
             await self._outbox.ack(call, time.time())
             return
         started = self._clock()
@@ -272,6 +280,7 @@ class Uplink:
             self._metrics.calls.labels(call.kind, "error").inc()
             sent = not isinstance(exc, NOT_SENT)
             detail = f"{type(exc).__name__}: {redact(exc) or 'no detail'}"
+            self.journal.note(call.machine, LastCall(time.time(), call.kind, dict(call.body), 0, detail))
             await self._retry(call, unknown=sent, reason="timeout" if isinstance(
                 exc, httpx.TimeoutException) else "network", detail=detail)
             return
@@ -283,6 +292,8 @@ class Uplink:
         status = response.status_code
         self._metrics.calls.labels(call.kind, str(status)).inc()
         for_token = response.request.url.path == httpx.URL(self._auth_url).path
+        answer = "(the access token request failed)" if for_token else excerpt(redact(response.text))
+        self.journal.note(call.machine, LastCall(time.time(), call.kind, dict(call.body), status, answer))
         if status in (401, 403):
             await self._outbox.attempt_failed(call, unknown=False)
             self._auth_refused(status, for_token)
