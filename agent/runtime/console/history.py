@@ -108,7 +108,7 @@ class History:
         self.machines: dict[str, MachineHistory] = {}
         self.calls = Minutes(keep_minutes)
         self._sent: int | None = None
-        self.seed: Mapping[str, int | None] = {}  # acknowledged counts at start (from the database)
+        self.seed: Mapping[str, int] = {}  # what Prodsmart held at start (from the database)
 
     def sample(self, now: float, glance: Iterable[Glance], delivered: Mapping[str, int], sent: int) -> None:
         seen = set()
@@ -116,7 +116,7 @@ class History:
             seen.add(code)
             h = self.machines.get(code)
             if h is None:
-                h = self.machines[code] = MachineHistory(self.seed.get(code))
+                h = self.machines[code] = MachineHistory(self.seed.get(code, 0))
             h.observe(now, total, running, kind, delivered.get(code), self.keep_seconds)
         for code in [c for c in self.machines if c not in seen]:  # removed by a reload
             del self.machines[code]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
+from agent.outbox.types import StorageError
 from agent.runtime.console.auth import Gate
 from agent.runtime.console.history import SAMPLE_EVERY, History
 from agent.runtime.console.snapshot import build
@@ -107,12 +108,14 @@ class Console:
             self.history.sample(time.time(), pipeline.logic.glance(), uplink.journal.delivered,
                                 uplink.journal.sent)
 
-    async def _acked(self) -> dict[str, int | None]:
+    async def _acked(self) -> dict[str, int]:
         assert self.agent.outbox is not None
         try:
-            return {s.machine: s.acked_count for s in await self.agent.outbox.stats(time.time())}
-        except Exception:  # the database may refuse: the seed is only a chart's starting point
+            stats = await self.agent.outbox.stats(time.time())
+        except StorageError:  # the seed is only the counts chart's starting point
             return {}
+        # Prodsmart holds the acknowledged count; a machine never acknowledged holds its offset.
+        return {s.machine: s.acked_count if s.acked_count is not None else s.offset for s in stats}
 
     async def handle(self, request: Request) -> Response:
         if self.gate.mode == "off":
