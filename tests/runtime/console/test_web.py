@@ -1,0 +1,135 @@
+"""The console over HTTP, in process: pages, /api/status, the door, and requests that are not HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.config.loader import parse_config
+from agent.runtime.console.web import Console
+from agent.runtime.endpoints import serve_http
+from agent.runtime.service import Agent
+from agent.uplink.client import Credentials
+from tests.conftest import free_port
+
+CONFIG = """
+prodsmart: {{url: "http://127.0.0.1:9"}}
+storage: {{path: {db}}}
+metrics: {{listen: "{listen}"}}
+connections:
+  sim:
+    simulated: {{seed: 1}}
+machines:
+  M1:
+    connection: sim
+    counter: {{signal: count}}
+"""
+KEY, SECRET, TOKEN = "the-api-key-1234", "the-api-secret-5678", "console-token-0123456789"
+
+
+async def _ask(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+async def get(port: int, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return await _ask(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+
+
+async def _serve(tmp_path: Path, host: str, token: str | None) -> AsyncIterator[int]:
+    port = free_port()
+    listen = f"{host}:{port}"
+    cfg = parse_config(CONFIG.format(db=tmp_path / "agent.db", listen=listen))
+    agent = Agent(cfg, Credentials(KEY, SECRET))
+    server = await serve_http(agent, listen, Console(agent, listen, token))
+    try:
+        yield port
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def loopback(tmp_path: Path) -> AsyncIterator[int]:
+    async for port in _serve(tmp_path, "127.0.0.1", TOKEN):
+        yield port
+
+
+@pytest.fixture
+async def open_listener(tmp_path: Path) -> AsyncIterator[int]:
+    async for port in _serve(tmp_path, "0.0.0.0", TOKEN):
+        yield port
+
+
+async def test_the_page_its_files_and_the_json_on_loopback(loopback: int) -> None:
+    status, headers, body = await get(loopback, "/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in headers["content-security-policy"] and b"/console.js" in body
+    assert b"<script>" not in body.replace(b' src="/console.js" defer></script>', b"")  # no inline script
+    status, headers, body = await get(loopback, "/console.js")
+    assert status == 200 and headers["content-type"].startswith("text/javascript") and b"textContent" in body
+    assert b"innerHTML" not in body
+    status, headers, body = await get(loopback, "/api/status?machine=M1")
+    data = json.loads(body)
+    assert status == 200 and list(data["machines"]) == ["M1"]
+    assert data["machines"]["M1"]["tags"]["counter"]["quality"] is None
+    assert data["detail"] is None  # the agent is not running: no machine logic yet
+    for secret in (KEY, SECRET, TOKEN):
+        assert secret.encode() not in body
+    assert (await get(loopback, "/status"))[0] == 200
+    assert (await get(loopback, "/metrics"))[0] == 200
+    assert (await get(loopback, "/nothing-here"))[0] == 404
+
+
+async def test_what_is_not_http_is_dropped_and_the_listener_goes_on(loopback: int) -> None:
+    for raw in (b"\r\n", b"GET\r\n\r\n", b"POST /login HTTP/1.1\r\nContent-Length: 999999\r\n\r\n",
+                b"GET / HTTP/1.1\r\nContent-Length: nonsense\r\n\r\n", b"\xff\xfe\x00 / HTTP/1.1\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", loopback)
+        writer.write(raw)
+        await writer.drain()
+        assert b"200 OK" not in await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert (await get(loopback, "/api/status"))[0] == 200
+
+
+async def test_beyond_loopback_the_token_opens_the_console(open_listener: int) -> None:
+    port = open_listener
+    assert (await get(port, "/api/status"))[0] == 401
+    status, headers, _ = await get(port, "/")
+    assert status == 303 and headers["location"] == "/login"
+    assert (await get(port, "/login"))[0] == 200
+    assert (await get(port, "/api/status", Authorization=f"Bearer {TOKEN}"))[0] == 200
+    assert (await get(port, "/metrics"))[0] == 200 and (await get(port, "/status"))[0] == 200
+
+    form = b"token=wrong"
+    status, headers, _ = await _ask(port, b"POST /login HTTP/1.1\r\nContent-Type: application/x-www-form-"
+                                          b"urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(form), form))
+    assert status == 303 and "set-cookie" not in headers and headers["location"].startswith("/login")
+    form = f"token={TOKEN}".encode()
+    status, headers, _ = await _ask(port, b"POST /login HTTP/1.1\r\nContent-Type: application/x-www-form-"
+                                          b"urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(form), form))
+    assert status == 303 and headers["location"] == "/"
+    session = headers["set-cookie"].split(";")[0]
+    assert "HttpOnly" in headers["set-cookie"] and TOKEN not in session
+    assert (await get(port, "/api/status", Cookie=session))[0] == 200
+    assert (await get(port, "/", Cookie=session))[0] == 200
+
+
+async def test_beyond_loopback_without_a_token_the_console_is_off(tmp_path: Path) -> None:
+    async for port in _serve(tmp_path, "0.0.0.0", None):
+        for path in ("/", "/api/status", "/login", "/console.js"):
+            status, _, body = await get(port, path, Authorization="Bearer anything")
+            assert status == 403 and b"PRODSMART_EDGE_CONSOLE_TOKEN" in body
+        assert (await get(port, "/metrics"))[0] == 200
