@@ -88,8 +88,9 @@ class Console:
         self.started = time.time()
         self._seeded = False
         if self.gate.mode == "off":
+            why = "is shorter than 16 characters" if self.gate.weak_token else "is not set"
             log.warning("The browser console is off on %s: a listener other machines can reach needs "
-                        "PRODSMART_EDGE_CONSOLE_TOKEN (at least 16 characters)", listen)
+                        "PRODSMART_EDGE_CONSOLE_TOKEN (at least 16 characters), and it %s", listen, why)
 
     def serves(self, path: str) -> bool:
         return path in STATIC or path.startswith("/api/")
