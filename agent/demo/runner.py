@@ -73,6 +73,19 @@ async def _start_plc(kind: str, port: int, log: Path) -> asyncio.subprocess.Proc
     return proc
 
 
+async def _listening(port: int, agent: asyncio.subprocess.Process, wait: float = 30.0) -> None:
+    """Wait until the agent's HTTP listener answers, so the console address printed works at once."""
+    deadline = time.monotonic() + wait
+    while agent.returncode is None and time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        writer.close()
+        return
+
+
 def _describe(call: dict[str, Any]) -> str:
     body = call["body"]
     if call["endpoint"] == "startstop":
@@ -121,6 +134,7 @@ async def run_demo(seconds: float, workdir: str | None, out: TextIO) -> int:
             sys.executable, "-m", "agent", "run", str(config), env=env, stdout=log.open("ab"),
             stderr=asyncio.subprocess.STDOUT)
         procs.append(agent)
+        await _listening(metrics, agent)
         out.write(f"prodsmart-edge demo: a simulated Modbus PLC (PRESS-01, 127.0.0.1:{modbus}), a "
                   f"simulated OPC UA PLC (OVEN-02, 127.0.0.1:{opcua}) and a local Prodsmart sandbox "
                   f"({sandbox.url}).\nThe agent reads them with {config} (its log: {log}).\n"
