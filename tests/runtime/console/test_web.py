@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from agent.runtime.endpoints import serve_http
 from agent.runtime.service import Agent
 from agent.uplink.client import Credentials
 from tests.conftest import free_port
+from tests.support.harness import ROOT
 
 CONFIG = """
 prodsmart: {{url: "http://127.0.0.1:9"}}
@@ -133,3 +137,19 @@ async def test_beyond_loopback_without_a_token_the_console_is_off(tmp_path: Path
             status, _, body = await get(port, path, Authorization="Bearer anything")
             assert status == 403 and b"PRODSMART_EDGE_CONSOLE_TOKEN" in body
         assert (await get(port, "/metrics"))[0] == 200
+
+
+
+def test_the_page_ships_inside_the_package(tmp_path: Path) -> None:
+    """The static files are package data: setuptools' build_py (what a wheel holds) carries them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", src)
+    shutil.copy(ROOT / "README.md", src)
+    shutil.copytree(ROOT / "agent", src / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    build = [sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py", "-d",
+             str(tmp_path / "out")]
+    result = subprocess.run(build, cwd=src, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    static = tmp_path / "out" / "agent" / "runtime" / "console" / "static"
+    assert {p.name for p in static.iterdir()} == {"index.html", "console.js", "console.css", "login.html"}
