@@ -25,8 +25,22 @@ def _live(listen: str) -> dict[str, Any] | None:
         with urllib.request.urlopen(request, timeout=3) as response:
             data: dict[str, Any] = json.loads(response.read())
             return data
+    except urllib.error.HTTPError:  # console off or token missing: the plain /status still answers
+        return _plain_status(f"http://{host}:{port}/status")
     except (OSError, ValueError, urllib.error.URLError):
         return None
+
+
+def _plain_status(url: str) -> dict[str, Any] | None:
+    """/status (no console needed), in /api/status's shape for what `status` prints."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            data: dict[str, Any] = json.loads(response.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    data["machines"] = {code: {"tags": {role: r or {"quality": None} for role, r in roles.items()}}
+                        for code, roles in data["machines"].items()}
+    return data
 
 
 def _age(seconds: float | None) -> str:
