@@ -1,7 +1,8 @@
 """The browser console of a running agent, in Debian's Chromium: live machines, charts, XSS, the token.
 
 The agent runs as its own process against the Prodsmart sandbox (simulated PLCs, or a real
-Mosquitto for the MQTT payload); the page is loaded in headless Chromium through selenium.
+Mosquitto for the MQTT payload), and is SIGKILLed mid-production once: the open page must say
+so and come back by itself. The page is loaded in headless Chromium through selenium.
 Screenshots are saved to $PRODSMART_TEST_ARTIFACTS (or the test's tmp_path).
 """
 
@@ -81,7 +82,7 @@ def test_every_machine_is_shown_live_with_the_count_prodsmart_holds(
     port = free_port()
     t0 = time.time()
     text = SIMULATED.format(url=sandbox.url, db=tmp_path / "agent.db", metrics_port=port,
-                            start=t0 + 3, stop=t0 + 16,
+                            start=t0 + 3, stop=t0 + 18,
                             machines="".join(MACHINE.format(code=c, unit=i) for i, c in enumerate(CODES)))
     agent = AgentProcess(write_config(tmp_path / "agent.yaml", text), agent_env(sandbox))
     try:
@@ -92,10 +93,21 @@ def test_every_machine_is_shown_live_with_the_count_prodsmart_holds(
         wait_until(lambda: _updates(browser) >= first + 2, 20, message="live updates without reloading")
         assert set(_cells(browser, "td.acked")) == set(CODES)
 
+        # SIGKILL mid-production: the page says the agent does not answer, and comes back by itself.
+        _sleep_until(t0 + 7)
+        agent.kill()
+        live = "return document.getElementById('live').className"
+        wait_until(lambda: browser.execute_script(live) == "live lost", 10, message="the page to see it")
+        browser.save_screenshot(str(artifacts / "console-agent-gone.png"))
+        before = _updates(browser)
+        agent.start()
+        wait_until(lambda: _updates(browser) >= before + 2, 30, message="live updates after the restart")
+        assert browser.execute_script(live) == "live ok"
+
         def matches() -> bool:
             counters = sandbox.ledger().counters
             acked, read = _cells(browser, "td.acked"), _cells(browser, "td.read")
-            return time.time() > t0 + 17 and all(
+            return time.time() > t0 + 19 and all(
                 counters.get(c, {}).get("count") is not None
                 and acked[c] == read[c] == str(counters[c]["count"]) for c in CODES)
 
@@ -128,6 +140,10 @@ def test_every_machine_is_shown_live_with_the_count_prodsmart_holds(
     finally:
         agent.close()
         sandbox.stop()
+
+
+def _sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.time()))
 
 
 def _reachable(port: int) -> bool:
