@@ -23,7 +23,11 @@ Mode = Literal["open", "token", "off"]
 
 def is_loopback(listen: str) -> bool:
     """Whether `HOST:PORT` only accepts connections from this machine."""
-    host = listen.rpartition(":")[0].strip("[]")
+    return _loopback_name(listen.rpartition(":")[0])
+
+
+def _loopback_name(host: str) -> bool:
+    host = host.strip("[]").lower()
     if host == "localhost":
         return True
     try:
@@ -50,9 +54,12 @@ class Gate:
         return self.mode == "token" and hmac.compare_digest(offered.encode(), self._token)
 
     def allows(self, headers: Mapping[str, str]) -> bool:
-        """Whether a request with these headers (lower-case names) may see the console."""
+        """Whether a request with these headers (lower-case names) may see the console.
+
+        On loopback the Host header must name this machine too: a web page that re-points its own
+        domain name at 127.0.0.1 (DNS rebinding) must not read the console from the line PC's browser."""
         if self.mode != "token":
-            return self.mode == "open"
+            return self.mode == "open" and host_is_loopback(headers.get("host", ""))
         scheme, _, offered = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.token_matches(offered.strip()):
             return True
@@ -61,6 +68,12 @@ class Gate:
 
     def session_cookie(self) -> str:
         return f"{COOKIE}={self._session}; HttpOnly; SameSite=Strict; Path=/"
+
+
+def host_is_loopback(host: str) -> bool:
+    """Whether a Host header (`name`, `name:port`, `[::1]:port`) names this machine."""
+    name = host.rpartition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]
+    return _loopback_name(name)
 
 
 def cookies(header: str) -> dict[str, str]:

@@ -17,9 +17,15 @@ def test_loopback_listeners_are_told_from_the_others(listen: str, loopback: bool
     assert is_loopback(listen) is loopback
 
 
-def test_a_loopback_listener_needs_nothing() -> None:
+def test_a_loopback_listener_needs_nothing_but_a_request_addressed_to_this_machine() -> None:
     gate = Gate("127.0.0.1:9108", None)
-    assert gate.mode == "open" and gate.allows({})
+    assert gate.mode == "open"
+    for host in ("127.0.0.1:9108", "localhost:9108", "LOCALHOST", "[::1]:9108", "127.0.0.1"):
+        assert gate.allows({"host": host}), host
+    # DNS rebinding: a page of evil.example re-pointed at 127.0.0.1 sends its own name.
+    for host in ("evil.example:9108", "evil.example", "", "192.168.1.5:9108", "[::1"):
+        assert not gate.allows({"host": host}), host
+    assert not gate.allows({})
 
 
 @pytest.mark.parametrize("token", [None, "", "short-token"])

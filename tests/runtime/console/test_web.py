@@ -48,8 +48,9 @@ async def _ask(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 async def get(port: int, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    headers.setdefault("Host", f"127.0.0.1:{port}")
     extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
-    return await _ask(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+    return await _ask(port, f"GET {path} HTTP/1.1\r\n{extra}\r\n".encode())
 
 
 async def _serve(tmp_path: Path, host: str, token: str | None) -> AsyncIterator[int]:
@@ -95,6 +96,15 @@ async def test_the_page_its_files_and_the_json_on_loopback(loopback: int) -> Non
     assert (await get(loopback, "/status"))[0] == 200
     assert (await get(loopback, "/metrics"))[0] == 200
     assert (await get(loopback, "/nothing-here"))[0] == 404
+
+
+async def test_a_request_for_another_host_name_is_refused_on_loopback(loopback: int) -> None:
+    """DNS rebinding: a web page whose name now points at 127.0.0.1 must not read the console."""
+    for path in ("/", "/api/status"):
+        status, _, body = await get(loopback, path, Host=f"evil.example:{loopback}")
+        assert status == 403 and b"machines" not in body
+    assert (await get(loopback, "/api/status", Host=f"localhost:{loopback}"))[0] == 200
+    assert (await get(loopback, "/metrics", Host="evil.example"))[0] == 200  # as before
 
 
 async def test_what_is_not_http_is_dropped_and_the_listener_goes_on(loopback: int) -> None:
