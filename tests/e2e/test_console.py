@@ -282,6 +282,8 @@ def test_a_listener_beyond_loopback_needs_the_token(
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait_until(lambda: "/login" in browser.current_url and _updates(browser) == 0, 10,
                    message="a wrong token to be refused")
+        wait_until(lambda: browser.find_element(By.ID, "wrong").is_displayed(), 10,
+                   message="the form to say the token was wrong")
         browser.get(base + "/login")
         browser.find_element(By.NAME, "token").send_keys(TOKEN)
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()

@@ -23,7 +23,9 @@ MAX_BODY = 4096  # a login form; nothing else is posted
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/console.js": ("console.js", "text/javascript; charset=utf-8"),
           "/console.css": ("console.css", "text/css; charset=utf-8"),
-          "/login": ("login.html", "text/html; charset=utf-8")}
+          "/login": ("login.html", "text/html; charset=utf-8"),
+          "/login.js": ("login.js", "text/javascript; charset=utf-8")}
+PUBLIC = ("/login.js", "/console.css")
 # The page loads nothing but its own files and runs no inline script: a value that slipped
 # into the markup could still not execute.
 SECURITY = {"Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -124,6 +126,9 @@ class Console:
             return Response(403, "text/plain; charset=utf-8", OFF)
         if request.path == "/login":
             return await self._login(request)
+        if request.path in PUBLIC:  # what the sign-in form needs; nothing from the agent in them
+            name, ctype = STATIC[request.path]
+            return Response(200, ctype, _static(name), SECURITY)
         if not self.gate.allows(request.headers):
             if self.gate.mode == "open":
                 return Response(403, "text/plain; charset=utf-8", WRONG_HOST)

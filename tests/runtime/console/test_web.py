@@ -124,6 +124,8 @@ async def test_beyond_loopback_the_token_opens_the_console(open_listener: int) -
     status, headers, _ = await get(port, "/")
     assert status == 303 and headers["location"] == "/login"
     assert (await get(port, "/login"))[0] == 200
+    assert (await get(port, "/console.css"))[0] == 200 and (await get(port, "/login.js"))[0] == 200
+    assert (await get(port, "/console.js"))[0] == 303
     assert (await get(port, "/api/status", Authorization=f"Bearer {TOKEN}"))[0] == 200
     assert (await get(port, "/metrics"))[0] == 200 and (await get(port, "/status"))[0] == 200
 
@@ -162,4 +164,5 @@ def test_the_page_ships_inside_the_package(tmp_path: Path) -> None:
     result = subprocess.run(build, cwd=src, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     static = tmp_path / "out" / "agent" / "runtime" / "console" / "static"
-    assert {p.name for p in static.iterdir()} == {"index.html", "console.js", "console.css", "login.html"}
+    assert {p.name for p in static.iterdir()} == {"index.html", "console.js", "console.css", "login.html",
+                                                "login.js"}
