@@ -113,6 +113,9 @@ def test_every_machine_is_shown_live_with_the_count_prodsmart_holds(
 
         wait_until(matches, 60, interval=0.5, message="the page's counts to equal the sandbox ledger")
         assert all(int(v) > 50 for v in _cells(browser, "td.acked").values())
+        wait_until(lambda: _drawn(browser, "#machines rect.share-running") == len(CODES)
+                   and _drawn(browser, "#machines rect.share-stopped") >= len(CODES), 10,
+                   message="each machine's last-hour bar (running and stopped)")
         browser.save_screenshot(str(artifacts / "console-overview.png"))
 
         browser.get(f"http://127.0.0.1:{port}/#/m/PRESS-01")

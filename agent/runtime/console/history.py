@@ -76,6 +76,18 @@ class MachineHistory:
         """When the current run state began (as far as this history knows)."""
         return self.segments[-1].start if self.segments else None
 
+    def shares(self, now: float, window: float = 3600.0) -> list[list[object]]:
+        """Seconds per (state, downtime type) within the last `window`, longest first."""
+        since = now - window
+        seconds: dict[tuple[str, str | None], float] = {}
+        for s in reversed(self.segments):
+            if s.end <= since:
+                break
+            key = (s.state, s.kind)
+            seconds[key] = seconds.get(key, 0.0) + min(s.end, now) - max(s.start, since)
+        rows = sorted(seconds.items(), key=lambda kv: -kv[1])
+        return [[state, kind, round(secs, 1)] for (state, kind), secs in rows]
+
     def observe(self, now: float, total: int | None, running: bool | None, kind: str | None,
                 delivered: int | None, keep_seconds: float) -> None:
         read = 0

@@ -71,3 +71,15 @@ def test_machines_removed_by_a_reload_are_forgotten() -> None:
     h.sample(T0, [("M", 0, True, None), ("N", 0, True, None)], {}, 0)
     h.sample(T0 + 2, [("M", 0, True, None)], {}, 0)
     assert set(h.machines) == {"M"}
+
+
+def test_the_last_hour_is_summed_per_state_and_downtime_type() -> None:
+    h = History()
+    for t, running, kind in [(0, True, None), (600, False, "Maintenance"), (900, True, None),
+                             (3000, False, "Material shortage"), (3300, False, "Maintenance")]:
+        h.sample(T0 + t, [("M", 0, running, kind)], {}, 0)
+    h.sample(T0 + 4200, [("M", 0, False, "Maintenance")], {}, 0)
+    # The window is [600, 4200]: the first running stretch lies before it.
+    assert h.machines["M"].shares(T0 + 4200) == [
+        ["running", None, 2100.0], ["stopped", "Maintenance", 1200.0],
+        ["stopped", "Material shortage", 300.0]]

@@ -75,13 +75,38 @@ function drawAlerts(data) {
   box.hidden = data.alerts.length === 0;
 }
 
+function stateColour(state, type) {
+  return state === "running" ? "var(--run)" : state === "stopped" ? typeColour(type || "stopped") : "var(--unknown)";
+}
+
+function lastHour(shares) {
+  // A stacked bar of the last hour per state and downtime type, and the share running.
+  const box = el("div", {class: "share"});
+  const total = shares.reduce((sum, s) => sum + s[2], 0);
+  if (!total) return box;
+  const bar = svg("svg", {viewBox: "0 0 100 8", preserveAspectRatio: "none", class: "share-bar"});
+  let x = 0;
+  for (const [state, type, secs] of shares) {
+    const w = secs / total * 100;
+    const rect = svg("rect", {x: x.toFixed(2), y: 0, width: w.toFixed(2), height: 8,
+                              fill: stateColour(state, type), class: "share-" + state});
+    rect.append(svg("title", {}, (type ? state + ": " + type : state) + ", " + age(secs)));
+    bar.append(rect);
+    x += w;
+  }
+  const running = shares.filter(s => s[0] === "running").reduce((sum, s) => sum + s[2], 0);
+  box.append(bar, el("span", {class: "small"}, "last " + age(total) + ": " +
+                     Math.round(running / total * 100) + "% running"));
+  return box;
+}
+
 function drawOverview(data) {
   const body = clear(document.querySelector("#machines tbody"));
   for (const [code, m] of Object.entries(data.machines)) {
     const tr = el("tr", {"data-machine": code, class: m.alerts.length ? "alerting" : ""});
     const link = el("a", {href: "#/m/" + encodeURIComponent(code)}, code);
     const name = el("td"); name.append(link, el("div", {class: "small"}, m.connection));
-    const state = el("td"); state.append(badge(m.run.state, m.run.type));
+    const state = el("td"); state.append(badge(m.run.state, m.run.type), lastHour(m.run.last_hour || []));
     const alerts = el("td"); const list = el("ul", {class: "alert-list"});
     for (const a of m.alerts) list.append(el("li", {}, a));
     alerts.append(list);
@@ -112,8 +137,7 @@ function drawTimeline(detail, now) {
   for (const [start, end, state, type] of segs) {
     const x = (Math.max(start, from) - from) / span * W;
     const w = Math.max(((Math.min(end, now) - Math.max(start, from)) / span) * W, 1.5);
-    const colour = state === "running" ? "var(--run)" : state === "stopped" ? typeColour(type || "stopped")
-      : "var(--unknown)";
+    const colour = stateColour(state, type);
     const rect = svg("rect", {x: x.toFixed(2), y: 4, width: w.toFixed(2), height: H - 18, fill: colour,
                               class: "seg seg-" + state});
     const label = state === "stopped" && type ? "stopped: " + type : state;
