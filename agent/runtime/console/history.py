@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 SAMPLE_EVERY = 2.0  # seconds between samples
 KEEP_MINUTES = 240  # per-minute counts and calls kept: the last 4 hours
 KEEP_SEGMENTS = 720  # run-state segments kept per machine (a machine flapping every 20 s fills 4 h)
+SHARES_FRESH = 10.0  # seconds a machine's last-hour bar is reused before it is summed again
 
 Glance = tuple[str, int | None, bool | None, str | None]  # code, count total, running, downtime type
 
@@ -64,20 +65,25 @@ class Segment:
 class MachineHistory:
     """One machine: its run-state segments `[start, end, state, type]` and counts read vs delivered."""
 
-    __slots__ = ("delivered", "minutes", "segments", "total")
+    __slots__ = ("_shares", "delivered", "minutes", "segments", "total")
 
     def __init__(self, delivered: int | None) -> None:
         self.segments: deque[Segment] = deque(maxlen=KEEP_SEGMENTS)
         self.minutes = Minutes()
         self.total: int | None = None
         self.delivered = delivered
+        self._shares: tuple[float, list[list[object]]] = (-SHARES_FRESH, [])
 
     def since(self) -> float | None:
         """When the current run state began (as far as this history knows)."""
         return self.segments[-1].start if self.segments else None
 
     def shares(self, now: float, window: float = 3600.0) -> list[list[object]]:
-        """Seconds per (state, downtime type) within the last `window`, longest first."""
+        """Seconds per (state, downtime type) within the last `window`, longest first (summed
+        again at most every SHARES_FRESH seconds: an open page asks every 1.5 s)."""
+        at, rows = self._shares
+        if 0 <= now - at < SHARES_FRESH:
+            return rows
         since = now - window
         seconds: dict[tuple[str, str | None], float] = {}
         for s in reversed(self.segments):
@@ -85,8 +91,10 @@ class MachineHistory:
                 break
             key = (s.state, s.kind)
             seconds[key] = seconds.get(key, 0.0) + min(s.end, now) - max(s.start, since)
-        rows = sorted(seconds.items(), key=lambda kv: -kv[1])
-        return [[state, kind, round(secs, 1)] for (state, kind), secs in rows]
+        ordered = sorted(seconds.items(), key=lambda kv: -kv[1])
+        rows = [[state, kind, round(secs, 1)] for (state, kind), secs in ordered]
+        self._shares = (now, rows)
+        return rows
 
     def observe(self, now: float, total: int | None, running: bool | None, kind: str | None,
                 delivered: int | None, keep_seconds: float) -> None:

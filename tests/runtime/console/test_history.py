@@ -83,3 +83,14 @@ def test_the_last_hour_is_summed_per_state_and_downtime_type() -> None:
     assert h.machines["M"].shares(T0 + 4200) == [
         ["running", None, 2100.0], ["stopped", "Maintenance", 1200.0],
         ["stopped", "Material shortage", 300.0]]
+
+
+def test_the_last_hour_is_summed_again_only_every_few_seconds() -> None:
+    h = History()
+    h.sample(T0, [("M", 0, True, None)], {}, 0)
+    h.sample(T0 + 4, [("M", 0, True, None)], {}, 0)
+    first = h.machines["M"].shares(T0 + 4)
+    h.sample(T0 + 6, [("M", 0, False, "Stop")], {}, 0)
+    assert h.machines["M"].shares(T0 + 8) == first == [["running", None, 4.0]]
+    h.sample(T0 + 20, [("M", 0, False, "Stop")], {}, 0)
+    assert h.machines["M"].shares(T0 + 20) == [["stopped", "Stop", 14.0], ["running", None, 6.0]]
