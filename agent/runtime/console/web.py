@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -77,6 +78,7 @@ async def read_request(reader: asyncio.StreamReader, timeout: float = 5.0) -> Re
     return Request(parts[0].upper(), url.path or "/", parse_qs(url.query), headers, body)
 
 
+@functools.cache
 def _static(name: str) -> bytes:
     return resources.files("agent.runtime.console").joinpath("static", name).read_bytes()
 
@@ -90,6 +92,7 @@ class Console:
         self.history = History()
         self.started = time.time()
         self._seeded = False
+        self._failed = False
         if self.gate.mode == "off":
             why = "is shorter than 16 characters" if self.gate.weak_token else "is not set"
             log.warning("The browser console is off on %s: a listener other machines can reach needs "
@@ -109,8 +112,13 @@ class Console:
             if not self._seeded and agent.outbox is not None:
                 self.history.seed = await self._acked()
                 self._seeded = True
-            self.history.sample(time.time(), pipeline.logic.glance(), uplink.journal.delivered,
-                                uplink.journal.sent)
+            try:
+                self.history.sample(time.time(), pipeline.logic.glance(), uplink.journal.delivered,
+                                    uplink.journal.sent)
+            except Exception:  # a chart's bug must never take the agent down: said once, then quiet
+                if not self._failed:
+                    log.exception("The console's history could not be sampled (the agent goes on)")
+                self._failed = True
 
     async def _acked(self) -> dict[str, int]:
         assert self.agent.outbox is not None
