@@ -93,6 +93,10 @@ class Console:
         self.started = time.time()
         self._seeded = False
         self._failed = False
+        # Belt and braces: should a secret ever slip into a value (an error text, an answer),
+        # it is blanked out of the JSON like the log redacts it.
+        known = (agent.credentials.api_key, agent.credentials.api_secret, token)
+        self._secrets = [json.dumps(s)[1:-1] for s in known if s and len(s) >= 8]
         if self.gate.mode == "off":
             why = "is shorter than 16 characters" if self.gate.weak_token else "is not set"
             log.warning("The browser console is off on %s: a listener other machines can reach needs "
@@ -147,7 +151,10 @@ class Console:
         if request.path == "/api/status":
             machine = request.query.get("machine", [None])[0]
             data = await build(self.agent, self.history, self.started, machine)
-            return Response(200, "application/json", json.dumps(data, allow_nan=False).encode(), SECURITY)
+            text = json.dumps(data, allow_nan=False)
+            for secret in self._secrets:
+                text = text.replace(secret, "***")
+            return Response(200, "application/json", text.encode(), SECURITY)
         if request.path in STATIC and request.method == "GET":
             name, ctype = STATIC[request.path]
             return Response(200, ctype, _static(name), SECURITY)

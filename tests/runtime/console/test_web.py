@@ -166,3 +166,22 @@ def test_the_page_ships_inside_the_package(tmp_path: Path) -> None:
     static = tmp_path / "out" / "agent" / "runtime" / "console" / "static"
     assert {p.name for p in static.iterdir()} == {"index.html", "console.js", "console.css", "login.html",
                                                 "login.js"}
+
+
+async def test_a_secret_that_slipped_into_a_value_is_blanked_out(tmp_path: Path) -> None:
+    from agent.runtime.service import ConnectionState
+
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    cfg = parse_config(CONFIG.format(db=tmp_path / "agent.db", listen=listen))
+    agent = Agent(cfg, Credentials(KEY, SECRET))
+    reason = f"login refused for {KEY}:{SECRET} (token {TOKEN})"
+    agent.connections["sim"] = ConnectionState(False, 0.0, reason)
+    server = await serve_http(agent, listen, Console(agent, listen, TOKEN))
+    try:
+        status, _, body = await get(port, "/api/status")
+    finally:
+        server.close()
+        await server.wait_closed()
+    reason = json.loads(body)["connections"]["sim"]["reason"]
+    assert status == 200 and reason == "login refused for ***:*** (token ***)"
