@@ -20,6 +20,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from agent.sandbox import SandboxOptions
 from tests.conftest import free_port
 from tests.support.browser import artifacts, browser  # noqa: F401 - fixtures
 from tests.support.fixtures_mqtt import Mosquitto, Publisher
@@ -68,6 +69,12 @@ def _texts(driver: WebDriver, css: str) -> list[str]:
     return list(driver.execute_script(script, css))
 
 
+def _rows(driver: WebDriver, css: str) -> list[list[str]]:
+    script = ("return [...document.querySelectorAll(arguments[0])]"
+              ".map(r => [...r.querySelectorAll('td')].map(td => td.textContent))")
+    return list(driver.execute_script(script, css))
+
+
 def _drawn(driver: WebDriver, css: str) -> int:
     """How many SVG shapes matching `css` have a visible size."""
     script = ("return [...document.querySelectorAll(arguments[0])]"
@@ -78,7 +85,9 @@ def _drawn(driver: WebDriver, css: str) -> int:
 @pytest.mark.timeout(150)
 def test_every_machine_is_shown_live_with_the_count_prodsmart_holds(
         tmp_path: Path, browser: WebDriver, artifacts: Path) -> None:  # noqa: F811
-    sandbox = start_sandbox()
+    # PACK-03 has no downtime types in Prodsmart: its stops are refused and kept as dead letters.
+    types = ["Maintenance", "Material shortage"]
+    sandbox = start_sandbox(SandboxOptions(machines={"PRESS-01": types, "OVEN-02": types, "PACK-03": []}))
     port = free_port()
     t0 = time.time()
     text = SIMULATED.format(url=sandbox.url, db=tmp_path / "agent.db", metrics_port=port,
@@ -113,6 +122,8 @@ def test_every_machine_is_shown_live_with_the_count_prodsmart_holds(
 
         wait_until(matches, 60, interval=0.5, message="the page's counts to equal the sandbox ledger")
         assert all(int(v) > 50 for v in _cells(browser, "td.acked").values())
+        alerts = _cells(browser, "td:last-child")
+        assert "Prodsmart refused" in alerts["PACK-03"] and alerts["PRESS-01"] == alerts["OVEN-02"] == ""
         wait_until(lambda: _drawn(browser, "#machines rect.share-running") == len(CODES)
                    and _drawn(browser, "#machines rect.share-stopped") >= len(CODES), 10,
                    message="each machine's last-hour bar (running and stopped)")
@@ -139,6 +150,9 @@ def test_every_machine_is_shown_live_with_the_count_prodsmart_holds(
         assert _drawn(browser, "#calls line.budget-line") == 0  # a line has no area, but it is there:
         assert browser.find_elements(By.CSS_SELECTOR, "#calls line.budget-line")
         assert _texts(browser, '#connections tr[data-connection="sim"] .badge') == ["up"]
+        dead = wait_until(lambda: _rows(browser, "#dead tbody tr"), 10, message="the dead letters")
+        assert all(r[1] == "PACK-03" and r[2] == "startstop" and r[3] == "400" for r in dead)
+        assert all('"running"' in r[5] for r in dead) and all(r[4] for r in dead)  # body and answer
         browser.save_screenshot(str(artifacts / "console-uplink.png"))
     finally:
         agent.close()
