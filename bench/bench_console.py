@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -127,6 +128,26 @@ def _full_history_ms(machines: int) -> float:
     return (time.process_time() - start) / 20 * 1000
 
 
+def _page_ms(port: int, n: int = 20) -> tuple[float, float]:
+    """Median milliseconds of one refresh of the open page in headless Chromium (fetch, parse,
+    redraw), for the start page and a machine page."""
+    from tests.support.browser import open_chromium
+
+    driver, profile = open_chromium()
+    out = []
+    try:
+        for url in (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/#/m/M0"):
+            driver.get(url)
+            time.sleep(2.0)
+            script = ("const done = arguments[arguments.length - 1], t = performance.now();"
+                      "refresh().then(() => done(performance.now() - t));")
+            out.append(statistics.median(float(driver.execute_async_script(script)) for _ in range(n)))
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    return out[0], out[1]
+
+
 def _latency(port: int, path: str, n: int) -> tuple[list[float], int]:
     times, size = [], 0
     for _ in range(n):
@@ -143,6 +164,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--browser", action="store_true", help="also time the page in headless Chromium")
     args = parser.parse_args()
     sample_ms = _sample_cost(args.machines)
     full_ms = _full_history_ms(args.machines)
@@ -164,6 +186,7 @@ def main() -> None:
             time.sleep(args.warmup)
             overview, size = _latency(agent.port, "/api/status", 60)
             page, page_size = _latency(agent.port, "/api/status?machine=M0", 60)
+            rendered = _page_ms(agent.port) if args.browser else None
             stop = threading.Event()
 
             def browser() -> None:  # what the open page does: one request every 1.5 s
@@ -196,6 +219,9 @@ def main() -> None:
           f"{SAMPLE_EVERY:.0f} s = {sample_ms / SAMPLE_EVERY / 10:.4f}% of a core")
     print(f"last-hour bars with every history full ({KEEP_SEGMENTS} segments a machine): "
           f"+{full_ms:.1f} ms a request on average")
+    if rendered is not None:
+        print(f"one refresh of the open page in Chromium (fetch, parse, redraw): start page "
+              f"{rendered[0]:.0f} ms, machine page {rendered[1]:.0f} ms (median of 20)")
     print(f"agent CPU with the console open (polling every 1.5 s): {watched:.2f}% of a core")
     print(f"RESULT machines={args.machines} cpu_off={off:.2f}% cpu_on_idle={on:.2f}% diff={on - off:+.2f}% "
           f"spread={spread:.2f}% status_p50_ms={p(overview, .5):.1f} status_p95_ms={p(overview, .95):.1f} "
