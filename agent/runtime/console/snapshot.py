@@ -111,7 +111,19 @@ def _machines(agent: Agent, history: History, stats: Mapping[str, MachineStats],
             "alerts": _alerts(agent, m, tags, s, started, now),
             "tags": tags,
         }
+    for code in sorted(set(stats) - set(out)):  # removed from the configuration, calls still queued
+        s = stats[code]
+        if s.depth or s.pending_parameters or s.dead_letters:
+            out[code] = _draining(agent, s)
     return out
+
+
+def _draining(agent: Agent, s: MachineStats) -> dict[str, Any]:
+    return {"connection": None, "run": {"state": None, "type": None, "since": None, "last_hour": []},
+            "read": None, "acked": s.acked_count, "offset": s.offset, "lag": None, "queued": s.depth,
+            "queued_parameters": s.pending_parameters, "dead_letters": s.dead_letters,
+            "last_call": _last_call(agent, s.machine),
+            "alerts": ["not in the configuration any more: its queued calls are still sent"], "tags": {}}
 
 
 def _detail(agent: Agent, history: History, code: str) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -185,3 +186,27 @@ async def test_a_secret_that_slipped_into_a_value_is_blanked_out(tmp_path: Path)
         await server.wait_closed()
     reason = json.loads(body)["connections"]["sim"]["reason"]
     assert status == 200 and reason == "login refused for ***:*** (token ***)"
+
+
+async def test_a_machine_gone_from_the_configuration_is_shown_while_its_calls_drain(tmp_path: Path) -> None:
+    from agent.core.model import CounterChanged
+    from agent.outbox.store import Outbox
+
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    cfg = parse_config(CONFIG.format(db=tmp_path / "agent.db", listen=listen))
+    agent = Agent(cfg, Credentials(KEY, SECRET))
+    agent.outbox = await Outbox.open(str(tmp_path / "agent.db"))
+    an_hour_ago = time.time() - 3600
+    await agent.outbox.commit({}, [CounterChanged("OLD-09", 5), CounterChanged("M1", 7)], an_hour_ago)
+    server = await serve_http(agent, listen, Console(agent, listen, None))
+    try:
+        data = json.loads((await get(port, "/api/status"))[2])
+    finally:
+        server.close()
+        await server.wait_closed()
+        await agent.outbox.close()
+    assert list(data["machines"]) == ["M1", "OLD-09"]
+    old = data["machines"]["OLD-09"]
+    assert old["queued"] == 1 and old["tags"] == {} and "not in the configuration" in old["alerts"][0]
+    assert data["machines"]["M1"]["queued"] == 1 and 3599 < data["machines"]["M1"]["lag"] < 3700
