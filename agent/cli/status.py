@@ -12,6 +12,7 @@ import urllib.request
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.cli.common import load, open_outbox
+from agent.config.secrets import console_token
 from agent.config.specs import AgentConfig
 
 if TYPE_CHECKING:
@@ -19,14 +20,32 @@ if TYPE_CHECKING:
 
 
 def _live(listen: str) -> dict[str, Any] | None:
+    """The running agent's /api/status (the JSON the browser console shows), or None."""
     host, _, port = listen.rpartition(":")
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
+    token = console_token()  # needed when the agent listens beyond loopback
+    request = urllib.request.Request(f"http://{host}:{port}/api/status",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=3) as response:
+        with urllib.request.urlopen(request, timeout=3) as response:
             data: dict[str, Any] = json.loads(response.read())
             return data
+    except urllib.error.HTTPError:  # console off or token missing: the plain /status still answers
+        return _plain_status(f"http://{host}:{port}/status")
     except (OSError, ValueError, urllib.error.URLError):
         return None
+
+
+def _plain_status(url: str) -> dict[str, Any] | None:
+    """/status (no console needed), in /api/status's shape for what `status` prints."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            data: dict[str, Any] = json.loads(response.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    data["machines"] = {code: {"tags": {role: r or {"quality": None} for role, r in roles.items()}}
+                        for code, roles in data["machines"].items()}
+    return data
 
 
 def _age(seconds: float | None) -> str:
@@ -88,8 +107,8 @@ async def print_status(cfg: AgentConfig, out: TextIO) -> int:
                   f"{s.pending_parameters:>6} "
                   f"{count:>11} {s.offset:>7} {running:>8} {s.dead_letters:>5}  {waste}{note}\n")
         if live is not None:
-            for role, r in (live["machines"].get(code) or {}).items():
-                value = ("no reading yet" if r is None
+            for role, r in ((live["machines"].get(code) or {}).get("tags") or {}).items():
+                value = ("no reading yet" if r["quality"] is None
                          else f"{r['value']!r} ({r['quality']}, {_age(r['age'])} ago)")
                 out.write(f"    {role:<22} {value}\n")
     out.write(f"\ndead letters: {len(dead)}" + ("  (prodsmart-edge dead-letters CONFIG list)" if dead else "")

@@ -81,3 +81,15 @@ def connection_secret(connection: str, field: str) -> str | None:
     if value is not None:
         return value
     return _credential_file(connection_env_name(connection, field).lower())
+
+
+CONSOLE_TOKEN = "PRODSMART_EDGE_CONSOLE_TOKEN"
+
+
+def console_token() -> str | None:
+    """The token the browser console needs on a non-loopback listener (environment, env file
+    loaded before, or the systemd credential `prodsmart_edge_console_token`); None if unset."""
+    value = os.environ.get(CONSOLE_TOKEN)
+    if value is None:
+        value = _credential_file(CONSOLE_TOKEN.lower())
+    return value.strip() or None if value is not None else None

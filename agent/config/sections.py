@@ -97,6 +97,7 @@ class StorageSection(Strict):
 class MetricsSection(Strict):
     enabled: bool = True
     listen: str = "127.0.0.1:9108"
+    console: bool = True  # the browser console at / (needs PRODSMART_EDGE_CONSOLE_TOKEN off loopback)
 
     @field_validator("listen")
     @classmethod

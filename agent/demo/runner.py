@@ -73,6 +73,19 @@ async def _start_plc(kind: str, port: int, log: Path) -> asyncio.subprocess.Proc
     return proc
 
 
+async def _listening(port: int, agent: asyncio.subprocess.Process, wait: float = 30.0) -> None:
+    """Wait until the agent's HTTP listener answers, so the console address printed works at once."""
+    deadline = time.monotonic() + wait
+    while agent.returncode is None and time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        writer.close()
+        return
+
+
 def _describe(call: dict[str, Any]) -> str:
     body = call["body"]
     if call["endpoint"] == "startstop":
@@ -112,8 +125,8 @@ async def run_demo(seconds: float, workdir: str | None, out: TextIO) -> int:
         log = folder / "demo.log"
         procs.append(await _start_plc("modbus", modbus, log))
         procs.append(await _start_plc("opcua", opcua, log))
-        config = folder / "agent.yaml"
-        config.write_text(CONFIG.format(url=sandbox.url, db=folder / "agent.db", metrics=_free_port(),
+        config, metrics = folder / "agent.yaml", _free_port()
+        config.write_text(CONFIG.format(url=sandbox.url, db=folder / "agent.db", metrics=metrics,
                                         modbus=modbus, opcua=opcua, ns=OPCUA_NAMESPACE))
         env = dict(os.environ, PRODSMART_API_KEY=sandbox.options.api_key,
                    PRODSMART_API_SECRET=sandbox.options.api_secret)
@@ -121,9 +134,11 @@ async def run_demo(seconds: float, workdir: str | None, out: TextIO) -> int:
             sys.executable, "-m", "agent", "run", str(config), env=env, stdout=log.open("ab"),
             stderr=asyncio.subprocess.STDOUT)
         procs.append(agent)
+        await _listening(metrics, agent)
         out.write(f"prodsmart-edge demo: a simulated Modbus PLC (PRESS-01, 127.0.0.1:{modbus}), a "
                   f"simulated OPC UA PLC (OVEN-02, 127.0.0.1:{opcua}) and a local Prodsmart sandbox "
                   f"({sandbox.url}).\nThe agent reads them with {config} (its log: {log}).\n"
+                  f"console: http://127.0.0.1:{metrics}/\n"
                   "What Prodsmart receives, live (Ctrl-C to stop):\n")
         out.flush()
         with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):

@@ -189,6 +189,31 @@ class Logic:
                     out.extend((code, counter.role, i) for i in counter.drain_ids())
         return out
 
+    def glance(self) -> Iterator[tuple[str, int | None, bool | None, str | None]]:
+        """Per machine: count total, the run state Prodsmart was told (None: unknown or no run
+        state) and its downtime type. Cheap: the console samples it every few seconds."""
+        for code, m in self._machines.items():
+            run = m.run
+            known = run is not None and (run.stable is not None or run.idle)
+            yield (code, m.count.total if m.count is not None else None,
+                   run.sent if known and run is not None else None,
+                   run.sent_type if known and run is not None and not run.sent else None)
+
+    def inspect(self, code: str) -> dict[str, Any] | None:
+        """One machine's inner state as plain values (for the console): counters and run state."""
+        m = self._machines.get(code)
+        if m is None:
+            return None
+        counters = [c for c in (m.count, *m.waste.values()) if c is not None]
+        run = m.run
+        return {
+            "counters": {c.role: {"tag": c.key, "mode": c.spec.mode, "total": c.total, "baseline": c.raw,
+                                  "pending_reset": c.pending, "baseline_time": c.t} for c in counters},
+            "run": None if run is None else {
+                "running": run.stable, "sent": run.sent, "type": run.sent_type, "idle": run.idle,
+                "reason": run.reason, "candidate": run.cand, "candidate_since": run.cand_since or None},
+        }
+
     def drain_notices(self) -> list[Notice]:
         notices = self._notices[:]
         self._notices.clear()

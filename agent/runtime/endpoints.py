@@ -13,12 +13,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.config.specs import machine_tags
 from agent.outbox.types import StorageError
+from agent.runtime.console.web import Console, Request, Response, read_request
 from agent.runtime.service import Agent
 from agent.runtime.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY = 2.0  # seconds between gauge/STATUS refreshes
+REASONS = {200: "OK", 303: "See Other", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           503: "Service Unavailable"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,33 +98,39 @@ async def status_document(agent: Agent) -> dict[str, object]:
     return doc
 
 
-async def _handle(agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _route(agent: Agent, console: Console | None, request: Request) -> Response:
+    path = request.path
+    if path.startswith("/metrics"):
+        return Response(200, CONTENT_TYPE_LATEST, generate_latest(agent.metrics.registry))
+    if path.startswith("/status"):
+        return Response(200, "application/json", json.dumps(await status_document(agent)).encode())
+    if path.startswith("/healthz"):
+        health = await assess(agent)
+        body = json.dumps({"healthy": health.healthy, "problems": health.problems,
+                           "queue_depth": health.depth, "oldest_pending_seconds": health.oldest_pending,
+                           "connections_up": health.connections_up,
+                           "connections": health.connections}).encode()
+        return Response(200 if health.healthy else 503, "application/json", body)
+    if console is not None and console.serves(path):
+        try:
+            return await console.handle(request)
+        except StorageError as exc:
+            text = f"the database cannot be read: {exc}\n"
+            return Response(503, "text/plain; charset=utf-8", text.encode())
+    return Response(404, "text/plain", b"not found: try /metrics or /healthz\n")
+
+
+async def _handle(agent: Agent, console: Console | None, reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> None:
     try:
-        request = await asyncio.wait_for(reader.readline(), 5.0)
-        while (await asyncio.wait_for(reader.readline(), 5.0)) not in (b"\r\n", b"\n", b""):
-            pass
-        parts = request.decode("latin-1").split()
-        path = parts[1] if len(parts) > 1 else "/"
-        if path.startswith("/metrics"):
-            status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(agent.metrics.registry)
-        elif path.startswith("/status"):
-            status, ctype = 200, "application/json"
-            body = json.dumps(await status_document(agent)).encode()
-        elif path.startswith("/healthz"):
-            health = await assess(agent)
-            status = 200 if health.healthy else 503
-            ctype = "application/json"
-            body = json.dumps({"healthy": health.healthy, "problems": health.problems,
-                               "queue_depth": health.depth, "oldest_pending_seconds": health.oldest_pending,
-                               "connections_up": health.connections_up,
-                               "connections": health.connections}).encode()
-        else:
-            status, ctype, body = 404, "text/plain", b"not found: try /metrics or /healthz\n"
-        reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
-        head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-        writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+        response = await _route(agent, console, await read_request(reader))
+        reason = REASONS.get(response.status, "OK")
+        head = f"HTTP/1.1 {response.status} {reason}\r\nContent-Type: {response.ctype}\r\n" \
+               f"Content-Length: {len(response.body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in response.headers.items())
+        writer.write(head.encode() + b"Connection: close\r\n\r\n" + response.body)
         await writer.drain()
-    except (TimeoutError, ConnectionError, UnicodeError):
+    except (TimeoutError, ConnectionError, UnicodeError, ValueError, asyncio.IncompleteReadError):
         pass
     finally:
         writer.close()
@@ -129,9 +138,10 @@ async def _handle(agent: Agent, reader: asyncio.StreamReader, writer: asyncio.St
             await writer.wait_closed()
 
 
-async def serve_http(agent: Agent, listen: str) -> asyncio.Server:
+async def serve_http(agent: Agent, listen: str, console: Console | None = None) -> asyncio.Server:
+    """/metrics, /healthz and /status; with `console`, the browser console at / and /api/status."""
     host, _, port = listen.rpartition(":")
-    return await asyncio.start_server(lambda r, w: _handle(agent, r, w), host.strip("[]"), int(port))
+    return await asyncio.start_server(lambda r, w: _handle(agent, console, r, w), host.strip("[]"), int(port))
 
 
 async def supervise(agent: Agent, notifier: Notifier) -> None:

@@ -36,7 +36,8 @@ from agent.core.metrics import Metrics
 from agent.outbox.store import Call, Head, Outbox
 from agent.uplink.auth import Credentials, TokenAuth, protect_http_loggers, redact
 from agent.uplink.budget import Budget, LocalBudget, take
-from agent.uplink.outcomes import classify, is_token_request, may_have_arrived
+from agent.uplink.journal import ANSWER_CHARS, CallJournal, LastCall
+from agent.uplink.outcomes import classify, excerpt, is_token_request, may_have_arrived
 from agent.uplink.pauses import Pause, Pauses, parse_retry_after
 from agent.uplink.refusals import Refusals
 from agent.uplink.scheduler import Lane, Scheduler
@@ -88,6 +89,7 @@ class Uplink(Pauses, Refusals):
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._running = False
+        self.journal = CallJournal()  # the last call per machine and its answer, for the console
         protect_http_loggers()
 
     # ------------------------------------------------------------------ public
@@ -241,6 +243,7 @@ class Uplink(Pauses, Refusals):
         path = self._path(call)
         if self._dry_run:
             print(f"POST {path} {json.dumps(call.body)}", file=self._out or sys.stdout, flush=True)
+            self.journal.note(call.machine, LastCall(time.time(), call.kind, dict(call.body), 200, "dry run"))
             await self._outbox.ack(call, time.time())
             return
         started = self._clock()
@@ -252,6 +255,7 @@ class Uplink(Pauses, Refusals):
             if not sent:
                 await self._budget.refund()  # it never left this machine: Prodsmart did not count it
             detail = f"{type(exc).__name__}: {redact(exc) or 'no detail'}"
+            self.journal.note(call.machine, LastCall(time.time(), call.kind, dict(call.body), 0, detail))
             await self._retry(call, unknown=sent, reason="timeout" if isinstance(
                 exc, httpx.TimeoutException) else "network", detail=detail)
             return
@@ -263,6 +267,9 @@ class Uplink(Pauses, Refusals):
         status = response.status_code
         self._metrics.calls.labels(call.kind, str(status)).inc()
         for_token = is_token_request(response.request, self._auth_url)
+        answer = ("(the access token request failed)" if for_token
+                  else excerpt(redact(response.text), ANSWER_CHARS))
+        self.journal.note(call.machine, LastCall(time.time(), call.kind, dict(call.body), status, answer))
         verdict = classify(status, for_token=for_token)
         if verdict in ("forbidden", "auth", "rate_limited"):
             await self._outbox.attempt_failed(call, unknown=False)

@@ -64,6 +64,11 @@ class Pauses:
             return None
         return reason
 
+    @property
+    def pause_left(self) -> float:
+        """Seconds every lane still waits (0 when not paused)."""
+        return max(0.0, self._pause.until - self._clock()) if self._pause.reason else 0.0
+
     def _pause_left(self) -> float:
         left = self._pause.until - self._clock()
         if left <= 0 and self._pause.reason == "rate_limited":
