@@ -243,11 +243,13 @@ class _TagBinder:
         spec, role = self._split(raw, path, CounterRole, COUNTER_ROLE_KEYS)
         if spec is None or not isinstance(role, CounterRole):
             return None
-        modulus = role.modulus or counter_modulus(getattr(spec, "type", None))
+        type_name = getattr(spec, "type", None)
+        modulus = role.modulus or counter_modulus(type_name)
+        signed = isinstance(type_name, str) and type_name.startswith("int") and role.modulus is None
         key = self._register(spec, "counter" if path[0] == "counter" else "waste")
         if role.mode == "delta":
             self._register(spec, "delta")  # sources treat increments specially (MQTT: retained replays)
-        return CounterSpec(key, role.mode, modulus, role.max_rate, role.confirm_reset)
+        return CounterSpec(key, role.mode, modulus, role.max_rate, role.confirm_reset, signed)
 
     def running(self, raw: Any) -> RunningSpec | None:
         spec, role = self._split(raw, ("running",), RunningRole, RUNNING_ROLE_KEYS)

@@ -29,7 +29,10 @@ A reading marked `redelivered` (MQTT DUP after a crash) below `raw_last` is an o
 ignored, never taken for a drop.
 
 Unusable readings (bad quality, read error, None, NaN, infinities, negatives, booleans,
-non-numeric strings) change nothing and raise a "bad_value" notice.
+non-numeric strings, values beyond the declared width or, without one, beyond 2^53) change
+nothing and raise a "bad_value" notice. A signed register type (`int16`, `int32`...) is read
+as the two's-complement unsigned value of its width: 32767 -> -32768 is a wrap. An increment
+above 2^53 (or one that would take the total past 2^62) is refused like a `max_rate` jump.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ from typing import Any
 
 from agent.config.specs import CounterSpec
 from agent.core.model import Reading
-from agent.logic.common import Sink, as_float, as_int, count_of, unusable
+from agent.logic.common import MAX_COUNT, Sink, as_float, as_int, unusable, whole_of
 
 DEDUPE_IDS = 10_000
+MAX_TOTAL = 2**62  # a total stays far below what SQLite holds (2^63), offset included
 MIN_RATE_WINDOW = 1.0  # seconds: the shortest interval max_rate is applied over
 
 
@@ -147,6 +151,8 @@ class Counter:
         return inc > 0
 
     def _implausible(self, inc: int, now: float) -> bool:
+        if inc > MAX_COUNT or self.total + inc > MAX_TOTAL:
+            return True  # no counter makes 2^53 parts between two readings
         rate = self.spec.max_rate
         if rate is None or self.t is None:
             return False
@@ -161,10 +167,32 @@ class Counter:
     def _count_of(self, reading: Reading) -> int | None:
         """The reading's value as a count, or None (reported as a bad value) if unusable."""
         why = unusable(reading)
-        value = count_of(reading.value) if why is None else None
-        if value is None:
-            self.sink.notice("bad_value", self.role, why or f"not a count: {reading.value!r}")
-        return value
+        value = whole_of(reading.value) if why is None else None
+        if why is None:
+            why = f"not a count: {reading.value!r:.60}" if value is None else self._out_of_range(value)
+        if why is not None or value is None:
+            self.sink.notice("bad_value", self.role, why or "")
+            return None
+        return value + self.spec.modulus if value < 0 and self.spec.modulus else value
+
+    def _out_of_range(self, value: int) -> str | None:
+        """Why an integer cannot be a count (or an increment) of this counter, None if it can.
+
+        A signed register's negative value is its two's-complement unsigned value; anything
+        beyond the declared width (without one, 2^53) is a broken sensor or publisher."""
+        spec = self.spec
+        if value < 0:
+            if spec.signed and spec.modulus and -value <= spec.modulus // 2:
+                return None
+            return f"negative: {value}"
+        limit = spec.modulus - 1 if spec.modulus else MAX_COUNT
+        if spec.mode == "delta":
+            limit = min(limit, MAX_COUNT)
+        if spec.signed and spec.modulus and value >= spec.modulus // 2:
+            limit = spec.modulus // 2 - 1
+        if value > limit:
+            return f"{_short(value)} is beyond the counter's range (at most {limit})"
+        return None
 
     def _delta(self, reading: Reading, now: float) -> None:
         msg_id = reading.msg_id
@@ -217,3 +245,8 @@ class Counter:
         self.raw = raw if raw is not None and raw >= 0 else None
         self.pending = pending if self.raw is not None and pending is not None and pending >= 0 else None
         self.t = as_float(state.get("t"))
+
+
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 20 else f"{value:.3e}"

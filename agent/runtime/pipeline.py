@@ -48,6 +48,8 @@ class Pipeline:
         self.storage_problem: str | None = None  # the database refuses commits (disk full...)
         self._storage_backoff = Backoff(1.0, 60.0)
         self._retry_at = 0.0
+        self._failure: Exception | None = None  # why the last _store_one failed
+        self._aside_logged: set[tuple[str, str]] = set()
 
     async def emit(self, readings: Sequence[Reading], *, durable: bool = False) -> None:
         done = asyncio.get_running_loop().create_future() if durable else None
@@ -80,7 +82,10 @@ class Pipeline:
         last = self.last
         for reading in batch.readings:
             last[(reading.connection, reading.tag)] = reading
-            self._events.extend(self.logic.apply(reading, now))
+            try:
+                self._events.extend(self.logic.apply(reading, now))
+            except Exception as exc:  # a bug or a value no layer caught: never stop the agent for it
+                self._set_aside("reading", f"{reading.connection} {reading.tag} = {reading.value!r:.60}", exc)
         if batch.readings:
             self.metrics.readings.labels(batch.readings[0].connection).inc(len(batch.readings))
         if batch.done is not None:
@@ -91,7 +96,9 @@ class Pipeline:
 
         If the database refuses (disk full, damaged file) nothing is lost: states and events
         stay in memory (compacted), durable emitters keep waiting, and the commit is tried
-        again with backoff. The agent stays up: an alert, not a crash loop."""
+        again with backoff. The agent stays up: an alert, not a crash loop. A state or event
+        that the database cannot take for what it is (not for lack of room) is set aside with
+        a logged reason; the rest of the batch is committed."""
         self._notices(self.logic.drain_notices())
         self._states.update(self.logic.dirty_states())
         if self.storage_problem is not None and time.monotonic() < self._retry_at:
@@ -99,14 +106,18 @@ class Pipeline:
                 self._events = compact(self._events)
             return
         if self._states or self._events:
+            states, events = self._states, self._events
+            self._states, self._events = {}, []
             try:
-                await self.outbox.commit(self._states, self._events, time.time())
+                stored = await self._store(states, events)
             except StorageError as exc:
+                # What was not stored goes back in front of anything newer.
+                self._states = {**states, **self._states}
+                self._events = events + self._events
                 self._storage_failed(exc)
                 return
-            if self._events:
+            if stored:
                 self.on_commit()
-            self._states, self._events = {}, []
         if self.storage_problem is not None:
             log.info("The database takes commits again; nothing was lost")
             self.storage_problem = None
@@ -115,6 +126,61 @@ class Pipeline:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    async def _store(self, states: dict[str, dict[str, Any]], events: list[Event]) -> bool:
+        """Commit `states` and `events`, emptying both; True if events were queued. What raises
+        anything but `StorageError` is committed machine by machine, then item by item, and the
+        items that fail alone are set aside. On `StorageError` what is left was not stored."""
+        try:
+            await self.outbox.commit(states, events, time.time())
+        except StorageError:
+            raise
+        except Exception as exc:
+            log.debug("A commit failed (%s); committing machine by machine", exc)
+        else:
+            queued = bool(events)
+            states.clear()
+            events.clear()
+            return queued
+        queued = False
+        for machine in sorted({*states, *(e.machine for e in events)}):
+            mine = [e for e in events if e.machine == machine]
+            state = {machine: states[machine]} if machine in states else {}
+            if not await self._store_one(state, mine):
+                if state and not await self._store_one(state, []):
+                    self._set_aside("state", machine, None)
+                for event in mine:
+                    if not await self._store_one({}, [event]):
+                        self._set_aside("event", repr(event)[:200], None)
+                    else:
+                        queued = True
+            else:
+                queued = queued or bool(mine)
+            states.pop(machine, None)
+            events[:] = [e for e in events if e.machine != machine]
+        return queued
+
+    async def _store_one(self, states: dict[str, dict[str, Any]], events: list[Event]) -> bool:
+        try:
+            await self.outbox.commit(states, events, time.time())
+        except StorageError:
+            raise
+        except Exception as exc:
+            self._failure = exc
+            return False
+        return True
+
+    def _set_aside(self, what: str, detail: str, exc: Exception | None) -> None:
+        exc = exc or self._failure
+        self.metrics.set_aside.labels(what).inc()
+        key = (what, type(exc).__name__)
+        if key in self._aside_logged:
+            log.debug("Set aside a %s (%s: %s): %s", what, type(exc).__name__, exc, detail)
+            return
+        self._aside_logged.add(key)
+        log.error("Set aside a %s that cannot be applied or stored (%s: %s): %s; everything else goes "
+                  "on (logged once per kind; see prodsmart_edge_set_aside_total)",
+                  what, type(exc).__name__, exc, detail)
 
     def _storage_failed(self, exc: StorageError) -> None:
         if self.storage_problem is None:
