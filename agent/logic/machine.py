@@ -43,7 +43,7 @@ class _Machine:
     __slots__ = ("code", "count", "extra", "extra_run", "heap_at", "params", "run", "sink", "spec", "waste")
 
     def __init__(self, code: str, spec: MachineSpec, state: Any, notices: list[Notice],
-                 dirty: set[str]) -> None:
+                 dirty: set[str], now: float | None) -> None:
         self.code = code
         self.spec = spec
         self.sink = sink = Sink(code, notices, dirty)
@@ -58,7 +58,7 @@ class _Machine:
         self.extra = saved  # roles this configuration lacks: kept so their totals resume
         has_run = spec.running is not None or (spec.idle_after is not None and spec.counter is not None)
         run_state = state.get("run") if state else None
-        self.run = RunState(sink, spec, run_state) if has_run else None
+        self.run = RunState(sink, spec, run_state, now) if has_run else None
         self.extra_run = None if has_run else run_state
         self.params = {c: Parameter(sink, c, p) for c, p in spec.parameters.items()}
         self.heap_at = INF  # the time of this machine's live heap entry
@@ -110,7 +110,9 @@ class Logic:
     """The machine logic of every configured machine."""
 
     def __init__(self, machines: Mapping[str, MachineSpec],
-                 states: Mapping[str, dict[str, Any]] | None = None) -> None:
+                 states: Mapping[str, dict[str, Any]] | None = None, now: float | None = None) -> None:
+        """`now`: given when the states come from a Logic of this same process (a reload), so
+        that the times in them (a debounce under way) are of the same clock and carry over."""
         self._specs = machines
         self._notices: list[Notice] = []
         self._dirty: set[str] = set()
@@ -119,7 +121,7 @@ class Logic:
         self._machines: dict[str, _Machine] = {}
         bindings: dict[tuple[str, str], list[tuple[_Machine, Feed]]] = {}
         for code, spec in machines.items():
-            m = _Machine(code, spec, (states or {}).get(code), self._notices, self._dirty)
+            m = _Machine(code, spec, (states or {}).get(code), self._notices, self._dirty, now)
             self._machines[code] = m
             for key, feed in m.feeds():
                 bindings.setdefault((spec.connection, key), []).append((m, feed))
@@ -179,6 +181,10 @@ class Logic:
         states = {code: self._machines[code].dump() for code in self._dirty}
         self._dirty.clear()
         return states
+
+    def all_states(self) -> dict[str, dict[str, Any]]:
+        """The state of every machine, dirty or not (to hand over to the next Logic on a reload)."""
+        return {code: m.dump() for code, m in self._machines.items()}
 
     def drain_notices(self) -> list[Notice]:
         notices = self._notices[:]

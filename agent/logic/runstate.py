@@ -26,7 +26,7 @@ from typing import Any
 
 from agent.config.specs import MachineSpec, reason_key
 from agent.core.model import Event, Reading, RunStateChanged, Scalar
-from agent.logic.common import INF, Sink, unusable
+from agent.logic.common import INF, Sink, as_float, unusable
 
 _TRUE = frozenset({"true", "on", "run", "running", "1"})
 _FALSE = frozenset({"false", "off", "stop", "stopped", "0"})
@@ -98,7 +98,7 @@ class RunState:
     __slots__ = ("cand", "cand_since", "default", "idle", "idle_after", "idle_type", "interpret",
                  "last_growth", "min_duration", "reason", "sent", "sent_type", "sink", "stable", "types")
 
-    def __init__(self, sink: Sink, spec: MachineSpec, state: Any = None) -> None:
+    def __init__(self, sink: Sink, spec: MachineSpec, state: Any = None, now: float | None = None) -> None:
         self.sink = sink
         running = spec.running
         self.interpret = RunningValue(running.running_values, running.invert) if running else None
@@ -117,7 +117,7 @@ class RunState:
         self.sent_type: str | None = None  # the type of the downtime opened last
         self.idle = False
         if state is not None:
-            self._load(state)
+            self._load(state, now)
 
     # ------------------------------------------------------------------ inputs
 
@@ -128,11 +128,14 @@ class RunState:
         if state is None:
             self.sink.notice("bad_value", "running", why or f"not a run state: {reading.value!r}")
         elif state == self.stable:
-            self.cand = None  # flipped back within min_duration: nothing happened
+            if self.cand is not None:
+                self.cand = None  # flipped back within min_duration: nothing happened
+                self.sink.changed()
         elif state != self.cand:
             self.cand = state
             self.cand_since = now
             self.sink.wake_at(now + self.min_duration)
+            self.sink.changed()
 
     def feed_reason(self, reading: Reading, now: float) -> None:
         why = unusable(reading)
@@ -142,7 +145,11 @@ class RunState:
             self.reason = reading.value
 
     def arm(self, now: float) -> None:
-        """Start the idle clock (at the first call that brings a time)."""
+        """Start the idle clock and a restored debounce (at the first call that brings a time)."""
+        if self.cand is not None:
+            if self.cand_since > now:
+                self.cand_since = now
+            self.sink.wake_at(self.due)
         if self.last_growth is None:
             self.last_growth = now
             if self.idle_after is not None:
@@ -179,6 +186,7 @@ class RunState:
         if self.cand is not None and self.cand_since + self.min_duration <= now:
             state, self.cand = self.cand, None
             self.stable = state
+            self.sink.changed()
             if state:
                 self.last_growth = now  # the idle clock starts when the machine starts
             elif self.idle:
@@ -212,9 +220,18 @@ class RunState:
     # ------------------------------------------------------------------ persistence
 
     def dump(self) -> dict[str, Any]:
-        return {"sent": self.sent, "type": self.sent_type, "idle": self.idle}
+        state: dict[str, Any] = {"sent": self.sent, "type": self.sent_type, "idle": self.idle}
+        if self.stable is not None and self.interpret is not None:
+            state["stable"] = self.stable
+        if self.cand is not None:
+            # A state waiting out min_duration: the message that brought it may never come again
+            # (a publish-on-change topic, acknowledged), so it is committed with the rest.
+            state["cand"], state["since"] = self.cand, self.cand_since
+        if self.reason is not None:
+            state["reason"] = self.reason
+        return state
 
-    def _load(self, state: Any) -> None:
+    def _load(self, state: Any, now: float | None) -> None:
         if not isinstance(state, dict) or not isinstance(state.get("sent"), bool):
             self.sink.notice("state_invalid", "running", "no usable run state: taken as running")
             return
@@ -222,3 +239,15 @@ class RunState:
         kind = state.get("type")
         self.sent_type = kind if isinstance(kind, str) else None
         self.idle = state.get("idle") is True and self.idle_after is not None and not self.sent
+        if self.interpret is not None and isinstance(state.get("stable"), bool):
+            self.stable = state["stable"]
+        reason = state.get("reason")
+        if isinstance(reason, (str, int, float)):
+            self.reason = reason
+        cand = state.get("cand")
+        if isinstance(cand, bool) and self.interpret is not None and cand != self.stable:
+            self.cand = cand
+            since = as_float(state.get("since"))
+            # Times of this process's clock carry over a reload; after a restart the debounce
+            # starts again at the first call (the clock of another boot means nothing here).
+            self.cand_since = since if now is not None and since is not None and since <= now else INF

@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.config.specs import MachineSpec
 from agent.core.backoff import Backoff
 from agent.core.metrics import Metrics
 from agent.core.model import Event, Reading, compact
@@ -28,8 +29,17 @@ class _Batch:
     done: asyncio.Future[None] | None = None
 
 
+@dataclass
+class _Reload:
+    machines: Mapping[str, MachineSpec]
+    done: asyncio.Future[None]
+
+
 class Pipeline:
-    """Readings -> logic -> one SQLite transaction per group commit -> uplink wake-up."""
+    """Readings -> logic -> one SQLite transaction per group commit -> uplink wake-up.
+
+    `run()` is the one owner of the logic and of the events not yet committed: readings and
+    reloads reach it through one queue, in order, and only its loop commits while it runs."""
 
     def __init__(self, logic: Logic, outbox: Outbox, metrics: Metrics, commit_interval: float,
                  on_commit: Callable[[], None]) -> None:
@@ -38,7 +48,7 @@ class Pipeline:
         self.metrics = metrics
         self.commit_interval = commit_interval
         self.on_commit = on_commit
-        self.queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1000)
+        self.queue: asyncio.Queue[_Batch | _Reload] = asyncio.Queue(maxsize=1000)
         self._events: list[Event] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._warned: set[tuple[str, str, str]] = set()
@@ -57,25 +67,57 @@ class Pipeline:
         if done is not None:
             await done
 
+    async def reload(self, machines: Mapping[str, MachineSpec]) -> None:
+        """Swap in a new tag map, inside the loop of `run()`, after every reading queued before.
+        Counter totals, run states and a debounce under way carry over."""
+        done = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Reload(machines, done))
+        await done
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_commit = loop.time() + self.commit_interval
         next_tick = loop.time()
         while True:
             timeout = max(0.0, min(next_commit, next_tick) - loop.time())
+            item: _Batch | _Reload | None = None
             with contextlib.suppress(TimeoutError):
-                batch = await asyncio.wait_for(self.queue.get(), timeout)
-                self._apply(batch)
-                while not self.queue.empty():
-                    self._apply(self.queue.get_nowait())
+                item = await asyncio.wait_for(self.queue.get(), timeout)
+            while item is not None:
+                if isinstance(item, _Reload):
+                    await self._swap(item)
+                else:
+                    self._apply(item)
+                item = None if self.queue.empty() else self.queue.get_nowait()
             now_mono = loop.time()
             if now_mono >= next_tick:
-                self._events.extend(self.logic.tick(time.time()))
+                self._tick()
                 next_tick = now_mono + TICK
             if now_mono >= next_commit or self._waiters:
                 await self.commit()
                 next_commit = loop.time() + self.commit_interval
             self.last_cycle = time.monotonic()
+
+    def _tick(self) -> None:
+        try:
+            self._events.extend(self.logic.tick(time.time()))
+        except Exception as exc:  # a bug: logged once, the next tick tries again
+            self._set_aside("tick", "time-driven logic (debounce, idle, heartbeats)", exc)
+
+    async def _swap(self, request: _Reload) -> None:
+        """Commit what the old logic produced, then build the new one from its full state."""
+        await self.commit()
+        states: dict[str, dict[str, Any]] = {}
+        try:
+            states.update(await self.outbox.load_states())
+        except StorageError as exc:  # what this process holds is enough for its own machines
+            log.warning("Reload: cannot read the saved states (%s); using those in memory", exc)
+        states.update(self._states)  # not committed yet (the database refuses)
+        states.update(self.logic.all_states())
+        self._notices(self.logic.drain_notices())
+        self.logic = Logic(request.machines, states, now=time.time())
+        if not request.done.done():
+            request.done.set_result(None)
 
     def _apply(self, batch: _Batch) -> None:
         now = time.time()

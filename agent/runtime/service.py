@@ -27,6 +27,7 @@ from agent.uplink.client import Credentials, Uplink
 log = logging.getLogger(__name__)
 
 DRAIN_ON_STOP = 5.0  # seconds a clean stop spends sending what is queued
+SOURCES_STOP = 5.0  # seconds a reload or a stop waits for the sources to close
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Agent:
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         self.pipeline: Pipeline | None = None
+        self._sources: asyncio.Task[None] | None = None
 
     # -- connection state, reported by sources
     def _up(self, name: str) -> None:
@@ -108,23 +110,27 @@ class Agent:
         async with asyncio.TaskGroup() as group:
             pipe_task = group.create_task(pipeline.run(), name="pipeline")
             up_task = group.create_task(self._run_uplink(uplink), name="uplink")
-            sources = group.create_task(self._run_sources(self.config, ctx), name="sources")
+            self._sources = group.create_task(self._run_sources(self.config, ctx), name="sources")
             self.ready()
             log.info("prodsmart-edge running: %d machines on %d connections%s",
                      len(self.config.machines), len(self.config.connections),
                      " (dry run: nothing is sent)" if self.dry_run else "")
+            stop_wait = asyncio.create_task(self.stopping.wait())
             while not self.stopping.is_set():
                 reload_wait = asyncio.create_task(self.reload_requested.wait())
-                stop_wait = asyncio.create_task(self.stopping.wait())
                 await asyncio.wait({reload_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 reload_wait.cancel()
-                stop_wait.cancel()
                 if self.reload_requested.is_set() and not self.stopping.is_set():
                     self.reload_requested.clear()
-                    sources = await self._reload(pipeline, ctx, sources, group)
-            sources.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sources
+                    # A stop is answered at once, also in the middle of a reload.
+                    reloading = asyncio.create_task(self._reload(pipeline, ctx, group))
+                    await asyncio.wait({reloading, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    if not reloading.done():
+                        reloading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reloading
+            stop_wait.cancel()
+            await self._stop_sources()
             pipe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pipe_task
@@ -134,6 +140,21 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await up_task
         log.info("prodsmart-edge stopped cleanly")
+
+    async def _stop_sources(self) -> None:
+        """Cancel the sources and wait for them, but not forever: a source that does not stop
+        in time is left to finish its cancellation (its readings still reach the pipeline)."""
+        sources = self._sources
+        if sources is None:
+            return
+        sources.cancel()
+        done, _ = await asyncio.wait({sources}, timeout=SOURCES_STOP)
+        if not done:
+            log.warning("The sources did not stop within %.0f s; going on without waiting for them",
+                        SOURCES_STOP)
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await sources
 
     async def _run_uplink(self, uplink: Uplink) -> None:
         """The uplink, restarted with backoff when the database fails under it (not a crash)."""
@@ -153,9 +174,11 @@ class Agent:
         except StorageError:
             pass  # what is queued stays queued; the failure is already in the log
 
-    async def _reload(self, pipeline: Pipeline, ctx: SourceContext, sources: asyncio.Task[None],
-                      group: asyncio.TaskGroup) -> asyncio.Task[None]:
-        """Apply a new tag map without losing counter state or queued calls; keep the old if invalid."""
+    async def _reload(self, pipeline: Pipeline, ctx: SourceContext, group: asyncio.TaskGroup) -> None:
+        """Apply a new tag map without losing counter state or queued calls; keep the old if invalid.
+
+        The sources stop, the pipeline swaps its logic inside its own loop (after every reading
+        they queued), then the new sources start."""
         try:
             new = load_config(self.config.path)
         except ConfigError as exc:
@@ -164,18 +187,14 @@ class Agent:
             log.error("Reload refused: %d problem(s); the running configuration is kept",
                       len(exc.problems))
             self.ready()
-            return sources
-        sources.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sources
-        await pipeline.commit()
-        assert self.outbox is not None
-        pipeline.logic = Logic(new.machines, await self.outbox.load_states())
+            return
+        await self._stop_sources()
+        await pipeline.reload(new.machines)
         self.config = new
+        self._sources = group.create_task(self._run_sources(new, ctx), name="sources")
         log.info("Configuration reloaded: %d machines on %d connections",
                  len(new.machines), len(new.connections))
         self.ready()
-        return group.create_task(self._run_sources(new, ctx), name="sources")
 
 
 def install_signal_handlers(agent: Agent, on_stop: Callable[[], None] = lambda: None,
