@@ -129,6 +129,7 @@ class _Builder:
         self.out = out
         self.tags: dict[str, dict[str, TagBinding]] = {}
         self.protocols: dict[str, str] = {}  # also for connections whose settings are broken
+        self.models: dict[str, BaseModel] = {}
 
     def connections(self, raw: Mapping[str, Any]) -> dict[str, tuple[str, BaseModel]]:
         result: dict[str, tuple[str, BaseModel]] = {}
@@ -145,6 +146,7 @@ class _Builder:
             model = self.out.validate(PROTOCOLS[proto].connection_model, settings or {}, (*path, proto))
             if model is not None:
                 result[name] = (proto, model)
+                self.models[name] = model
         return result
 
     def machine(
@@ -185,6 +187,10 @@ class _Builder:
             idle_type=m.idle_type,
             parameters={k: v for k, v in params.items() if v is not None},
         )
+
+
+# Connection settings that say *where* a value is read (not how often or how patiently).
+_WHERE_FIELDS = ("host", "port", "serial", "unit", "url")
 
 
 class _TagBinder:
@@ -249,7 +255,17 @@ class _TagBinder:
         key = self._register(spec, "counter" if path[0] == "counter" else "waste")
         if role.mode == "delta":
             self._register(spec, "delta")  # sources treat increments specially (MQTT: retained replays)
-        return CounterSpec(key, role.mode, modulus, role.max_rate, role.confirm_reset, signed)
+        return CounterSpec(key, role.mode, modulus, role.max_rate, role.confirm_reset, signed,
+                           self._where())
+
+    def _where(self) -> str:
+        """The connection and the fields of its settings that say where values are read."""
+        settings: dict[str, Any] = {}
+        model = self.builder.models.get(self.connection)
+        if model is not None:
+            dumped = model.model_dump(mode="json")
+            settings = {k: dumped[k] for k in _WHERE_FIELDS if dumped.get(k) is not None}
+        return json.dumps([self.connection, self.proto, settings], sort_keys=True)
 
     def running(self, raw: Any) -> RunningSpec | None:
         spec, role = self._split(raw, ("running",), RunningRole, RUNNING_ROLE_KEYS)

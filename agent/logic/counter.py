@@ -18,8 +18,9 @@
   baseline moves to the new value and nothing is counted.
 - The first reading ever is only a baseline. A persisted `raw_last` is the baseline after a
   restart, so what was produced while the agent was down is counted on the first read.
-- When the tag key changes (a config reload pointed the role at another register) the next
-  reading is a new baseline; the total is kept, so it never decreases.
+- When the tag key or where it is read changes (a reload pointed the role at another register,
+  or moved the machine to another connection, host, port or unit) the next reading is a new
+  baseline; the total is kept, so it never decreases.
 
 `mode: delta` (a publisher sending "3 more parts"): every good value is added. Readings that
 carry a `msg_id` are checked against the last `DEDUPE_IDS` ids of the role, which are
@@ -219,8 +220,8 @@ class Counter:
     # ------------------------------------------------------------------ persistence
 
     def dump(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"key": self.key, "total": self.total, "raw": self.raw,
-                                 "pending": self.pending, "t": self.t}
+        state: dict[str, Any] = {"key": self.key, "where": self.spec.where, "total": self.total,
+                                 "raw": self.raw, "pending": self.pending, "t": self.t}
         if self.ids:
             state["ids"] = list(self.ids)
         return state
@@ -237,8 +238,11 @@ class Counter:
         if self.spec.mode == "delta":
             self.t = as_float(state.get("t"))
             return  # a delta counter has no baseline
-        if state.get("key") != self.key:
-            self.sink.notice("rebaseline", self.role, "the tag changed: the next reading is a new baseline")
+        where = state.get("where")
+        if state.get("key") != self.key or (where is not None and where != self.spec.where):
+            # A state without "where" predates it: its tag key alone decides.
+            self.sink.notice("rebaseline", self.role, "the tag or where it is read changed: "
+                             "the next reading is a new baseline")
             self.sink.changed()
             return
         raw, pending = as_int(state.get("raw")), as_int(state.get("pending"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from agent.sandbox import SandboxOptions
 from tests.conftest import free_port
 from tests.e2e.test_simulated import _plc, _readings, _sleep_until, _transitions
+from tests.support.fixtures_modbus import ModbusServer, modbus_server
 from tests.support.harness import (
     AGENT_PROLOGUE,
     AgentProcess,
@@ -45,6 +47,7 @@ MACHINE = """  {code}:
 
 UNITS = [("M1", "a"), ("M2", "b")]
 RELOADS = 50
+__all__ = ["modbus_server"]
 
 
 def _config(path: Path, base: dict[str, object], debounce: int) -> Path:
@@ -95,6 +98,50 @@ def test_fifty_reloads_during_production_change_no_count_and_sigterm_is_answered
         assert agent.wait(10) == 0
         assert time.monotonic() - asked < 7.0
         assert "Traceback" not in agent.output()
+    finally:
+        agent.close()
+        sandbox.stop()
+
+
+MOVE = AGENT_PROLOGUE + """\
+connections:
+  plc-a: {{modbus: {{host: 127.0.0.1, port: {port_a}, poll: 100ms, timeout: 500ms, retry_max: 1s}}}}
+  plc-b: {{modbus: {{host: 127.0.0.1, port: {port_b}, poll: 100ms, timeout: 500ms, retry_max: 1s}}}}
+machines:
+  PRESS-01:
+    connection: {connection}
+    counter: {{holding: 100, type: uint32}}
+"""
+
+
+@pytest.mark.timeout(90)
+def test_moving_a_machine_to_another_plc_starts_a_new_baseline(modbus_server: Callable[..., ModbusServer],
+                                                               tmp_path: Path) -> None:
+    """The wiring was swapped: the machine really is on the other PLC. Its counter there reads
+    250000; comparing that with the old PLC's 1000 made 249,000 phantom parts."""
+    sandbox = start_sandbox()
+    plc_a, plc_b = modbus_server(), modbus_server()
+    plc_a.set_value(1, "holding", 100, 1000, "uint32")
+    plc_b.set_value(1, "holding", 100, 250_000, "uint32")
+    base = {"url": sandbox.url, "db": tmp_path / "agent.db", "metrics_port": free_port(),
+            "port_a": plc_a.port, "port_b": plc_b.port}
+    path = write_config(tmp_path / "agent.yaml", MOVE.format(connection="plc-a", **base))
+    agent = AgentProcess(path, agent_env(sandbox))
+    count = lambda: sandbox.ledger().counters.get("PRESS-01", {}).get("count")  # noqa: E731
+    try:
+        agent.start()
+        wait_until(lambda: _readings(int(str(base["metrics_port"]))) > 0, 20, message="first readings")
+        plc_a.set_value(1, "holding", 100, 1040, "uint32")
+        wait_until(lambda: count() == 40, timeout=20, message="40 parts on PLC A")
+        write_config(path, MOVE.format(connection="plc-b", **base))
+        agent.signal(signal.SIGHUP)
+        wait_until(lambda: "Configuration reloaded" in agent.output(), timeout=10, message="the reload")
+        time.sleep(1.0)
+        plc_b.set_value(1, "holding", 100, 250_010, "uint32")
+        wait_until(lambda: count() == 50, timeout=20,
+                   message=f"10 more parts on PLC B (sandbox: {count()})")
+        time.sleep(0.5)
+        assert count() == 50
     finally:
         agent.close()
         sandbox.stop()
