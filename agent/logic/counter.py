@@ -53,9 +53,11 @@ MIN_RATE_WINDOW = 1.0  # seconds: the shortest interval max_rate is applied over
 class Counter:
     """The state of one counter role of one machine ("count" or "waste:<code>")."""
 
-    __slots__ = ("code", "ids", "key", "pending", "raw", "role", "seen", "sink", "spec", "t", "total")
+    __slots__ = ("code", "ids", "key", "pending", "raw", "role", "seen", "sink", "spec", "t", "total", "wall",
+                 "wall_now")
 
-    def __init__(self, sink: Sink, role: str, spec: CounterSpec, state: Any = None) -> None:
+    def __init__(self, sink: Sink, role: str, spec: CounterSpec, state: Any = None,
+                 now: float | None = None) -> None:
         self.sink = sink
         self.role = role
         self.code = role.partition(":")[2]  # the waste code, "" for the count
@@ -64,16 +66,19 @@ class Counter:
         self.raw: int | None = None  # last good raw value: the baseline
         self.total = 0
         self.pending: int | None = None  # a drop waiting for the next reading
-        self.t: float | None = None  # when the baseline was last read (for max_rate)
+        self.t: float | None = None  # when the baseline was last read (for max_rate), monotonic
+        self.wall: float | None = None  # the same moment on the wall clock (survives a restart)
+        self.wall_now: float | None = None  # the wall time of the reading being applied
         self.ids: deque[str] = deque(maxlen=DEDUPE_IDS)
         self.seen: set[str] = set()
         if state is not None:
-            self._load(state)
+            self._load(state, now)
 
     # ------------------------------------------------------------------ readings
 
     def feed(self, reading: Reading, now: float) -> None:
-        """Apply one reading; report growth into the sink."""
+        """Apply one reading at `now` (monotonic seconds); report growth into the sink."""
+        self.wall_now = reading.received_time or None
         if self.spec.mode == "delta":
             self._delta(reading, now)
             return
@@ -92,7 +97,7 @@ class Counter:
             self._resolve(raw, now)
         elif raw >= last:
             if raw == last:
-                self.t = now  # reaffirmed: max_rate measures from here
+                self._stamp(now)  # reaffirmed: max_rate measures from here
             else:
                 self._count(raw - last, raw, now)
         elif self.spec.confirm_reset:
@@ -104,7 +109,7 @@ class Counter:
 
     def _baseline(self, raw: int, now: float) -> None:
         self.raw = raw
-        self.t = now
+        self._stamp(now)
         self.sink.changed()
 
     def _resolve(self, raw: int, now: float) -> None:
@@ -117,7 +122,7 @@ class Counter:
             if raw > last:
                 self._count(raw - last, raw, now)
             else:
-                self.t = now
+                self._stamp(now)
                 self.sink.changed()
         elif raw < low:
             self.pending = raw
@@ -144,20 +149,34 @@ class Counter:
             self.sink.notice("jump_rejected", self.role, f"{self.raw} -> {raw}: +{inc}")
             inc = 0
         self.raw = raw
-        self.t = now
+        self._stamp(now)
         self.sink.changed()
         if inc:
             self.total += inc
             self._grew()
         return inc > 0
 
+    def _stamp(self, now: float) -> None:
+        self.t = now
+        self.wall = self.wall_now
+
     def _implausible(self, inc: int, now: float) -> bool:
         if inc > MAX_COUNT or self.total + inc > MAX_TOTAL:
             return True  # no counter makes 2^53 parts between two readings
         rate = self.spec.max_rate
-        if rate is None or self.t is None:
+        if rate is None:
             return False
-        return inc > rate * max(now - self.t, MIN_RATE_WINDOW)
+        if self.t is not None:
+            elapsed = now - self.t
+        elif self.wall is not None and self.wall_now is not None:
+            # The first reading after a restart: only the wall clock spans it. A negative span is
+            # a clock stepped back: the time is unknown, so nothing is refused.
+            elapsed = self.wall_now - self.wall
+            if elapsed < 0:
+                return False
+        else:
+            return False
+        return inc > rate * max(elapsed, MIN_RATE_WINDOW)
 
     def _grew(self) -> None:
         if self.code:
@@ -211,7 +230,7 @@ class Counter:
         if self._implausible(inc, now):
             self.sink.notice("jump_rejected", self.role, f"+{inc}")
             inc = 0
-        self.t = now
+        self._stamp(now)
         self.sink.changed()
         if inc:
             self.total += inc
@@ -221,12 +240,22 @@ class Counter:
 
     def dump(self) -> dict[str, Any]:
         state: dict[str, Any] = {"key": self.key, "where": self.spec.where, "total": self.total,
-                                 "raw": self.raw, "pending": self.pending, "t": self.t}
+                                 "raw": self.raw, "pending": self.pending, "t": self.t, "wall": self.wall}
         if self.ids:
             state["ids"] = list(self.ids)
         return state
 
-    def _load(self, state: Any) -> None:
+    def _times(self, state: dict[str, Any], now: float | None) -> None:
+        """Monotonic times carry over a reload only (`now` given); the wall time over a restart.
+        A state from before monotonic times holds the wall time in "t"."""
+        t = as_float(state.get("t"))
+        if "wall" not in state:
+            self.wall = t
+            return
+        self.wall = as_float(state.get("wall"))
+        self.t = t if now is not None and t is not None and t <= now else None
+
+    def _load(self, state: Any, now: float | None) -> None:
         if not isinstance(state, dict) or as_int(state.get("total")) is None or state["total"] < 0:
             self.sink.notice("state_invalid", self.role, "no usable total: starting from 0")
             return
@@ -236,7 +265,7 @@ class Counter:
             self.ids.extend(str(i) for i in ids[-DEDUPE_IDS:])
             self.seen.update(self.ids)
         if self.spec.mode == "delta":
-            self.t = as_float(state.get("t"))
+            self._times(state, now)
             return  # a delta counter has no baseline
         where = state.get("where")
         if state.get("key") != self.key or (where is not None and where != self.spec.where):
@@ -248,7 +277,7 @@ class Counter:
         raw, pending = as_int(state.get("raw")), as_int(state.get("pending"))
         self.raw = raw if raw is not None and raw >= 0 else None
         self.pending = pending if self.raw is not None and pending is not None and pending >= 0 else None
-        self.t = as_float(state.get("t"))
+        self._times(state, now)
 
 
 def _short(value: int) -> str:

@@ -52,8 +52,9 @@ class _Machine:
             sink.notice("state_invalid", "", "the stored state is not usable: starting fresh")
             state = None
         saved: dict[str, Any] = dict(state.get("counters", {})) if state else {}
-        self.count = Counter(sink, "count", spec.counter, saved.pop("count", None)) if spec.counter else None
-        self.waste = {c: Counter(sink, f"waste:{c}", s, saved.pop(f"waste:{c}", None))
+        count = saved.pop("count", None)
+        self.count = Counter(sink, "count", spec.counter, count, now) if spec.counter else None
+        self.waste = {c: Counter(sink, f"waste:{c}", s, saved.pop(f"waste:{c}", None), now)
                       for c, s in spec.waste.items()}
         self.extra = saved  # roles this configuration lacks: kept so their totals resume
         has_run = spec.running is not None or (spec.idle_after is not None and spec.counter is not None)

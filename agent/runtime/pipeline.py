@@ -100,7 +100,7 @@ class Pipeline:
 
     def _tick(self) -> None:
         try:
-            self._events.extend(self.logic.tick(time.time()))
+            self._events.extend(self.logic.tick(time.monotonic()))
         except Exception as exc:  # a bug: logged once, the next tick tries again
             self._set_aside("tick", "time-driven logic (debounce, idle, heartbeats)", exc)
 
@@ -115,12 +115,12 @@ class Pipeline:
         states.update(self._states)  # not committed yet (the database refuses)
         states.update(self.logic.all_states())
         self._notices(self.logic.drain_notices())
-        self.logic = Logic(request.machines, states, now=time.time())
+        self.logic = Logic(request.machines, states, now=time.monotonic())
         if not request.done.done():
             request.done.set_result(None)
 
     def _apply(self, batch: _Batch) -> None:
-        now = time.time()
+        now = time.monotonic()  # the logic measures elapsed time: a wall-clock step must not move it
         last = self.last
         for reading in batch.readings:
             last[(reading.connection, reading.tag)] = reading
