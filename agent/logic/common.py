@@ -35,7 +35,7 @@ class Sink:
     machine yields at most one event of each kind.
     """
 
-    __slots__ = ("code", "count_grew", "dirty", "notices", "params", "wake", "waste_grew")
+    __slots__ = ("code", "count_grew", "count_unread", "dirty", "notices", "params", "wake", "waste_grew")
 
     def __init__(self, code: str, notices: list[Notice], dirty: set[str]) -> None:
         self.code = code
@@ -45,6 +45,8 @@ class Sink:
         self.waste_grew: list[str] = []
         self.params: dict[str, Scalar] | None = None
         self.wake = INF  # earliest new deadline a role asked for during this call
+        # The count's last reading could not be read (True) or could (False); None: no news.
+        self.count_unread: bool | None = None
 
     def notice(self, kind: str, role: str, detail: str = "") -> None:
         self.notices.append(Notice(kind, self.code, role, detail))

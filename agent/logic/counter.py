@@ -187,6 +187,8 @@ class Counter:
     def _count_of(self, reading: Reading) -> int | None:
         """The reading's value as a count, or None (reported as a bad value) if unusable."""
         why = unusable(reading)
+        if not self.code:
+            self.sink.count_unread = why is not None  # idle detection pauses while it cannot read
         value = whole_of(reading.value) if why is None else None
         if why is None:
             why = f"not a count: {reading.value!r:.60}" if value is None else self._out_of_range(value)

@@ -150,6 +150,12 @@ class Logic:
         for feed in target.handlers:
             feed(reading, now)
         for m in target.machines:
+            unread = m.sink.count_unread
+            if unread is not None:
+                m.sink.count_unread = None
+                if m.run is not None:
+                    m.run.sight(now, unread=unread)
+        for m in target.machines:
             self._flush(m, now, out)
         return out
 
@@ -176,6 +182,17 @@ class Logic:
             m.sink.wake_at(m.deadline())
             self._flush(m, now, out)
         return out
+
+    def connection(self, name: str, up: bool, now: float) -> None:
+        """A connection went down or came back: idle detection of its machines pauses meanwhile."""
+        if not self._armed:
+            self._arm(now)
+        for m in self._machines.values():
+            if m.spec.connection == name and m.run is not None:
+                m.run.sight(now, down=not up)
+                if m.sink.wake < m.heap_at:
+                    self._schedule(m)
+                m.sink.wake = INF
 
     def dirty_states(self) -> dict[str, dict[str, Any]]:
         """The states of machines changed since the last call (JSON-serialisable)."""

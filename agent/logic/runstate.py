@@ -11,7 +11,9 @@
   stopped sends nothing: Prodsmart has no call to change an open downtime's type.
   A start carries the type of the downtime it closes.
 - Idle (`idle_after`): running, but the count did not grow for that long, sends a stop with
-  `idle_type`; the next count growth sends the start. A real stop while idle sends nothing
+  `idle_type`; the next count growth sends the start. While the count cannot be read (its
+  connection is down, its readings are errors or of bad quality) there is no idle: the idle
+  clock starts again when it can be read. A real stop while idle sends nothing
   more (the idle downtime stays open) and the start that follows closes it.
 - Only transitions are sent. The last sent state is persisted, so a restart sends nothing
   unless the state really changed. Prodsmart treats a machine without an open downtime as
@@ -95,8 +97,9 @@ def _boolean(value: Scalar | None) -> bool | None:
 class RunState:
     """Run state of one machine: debounce, stop reason, idle detection, last sent state."""
 
-    __slots__ = ("cand", "cand_since", "default", "idle", "idle_after", "idle_type", "interpret",
-                 "last_growth", "min_duration", "reason", "sent", "sent_type", "sink", "stable", "types")
+    __slots__ = ("cand", "cand_since", "default", "down", "idle", "idle_after", "idle_type", "interpret",
+                 "last_growth", "min_duration", "reason", "sent", "sent_type", "sink", "stable", "types",
+                 "unread")
 
     def __init__(self, sink: Sink, spec: MachineSpec, state: Any = None, now: float | None = None) -> None:
         self.sink = sink
@@ -116,6 +119,8 @@ class RunState:
         self.sent = True  # what Prodsmart was told; it takes a machine without downtime as running
         self.sent_type: str | None = None  # the type of the downtime opened last
         self.idle = False
+        self.down = False  # the connection is down
+        self.unread = False  # the count's last reading was a read error or of bad quality
         if state is not None:
             self._load(state, now)
 
@@ -168,6 +173,19 @@ class RunState:
             if self.idle_after is not None:
                 self.sink.wake_at(now + self.idle_after)
 
+    def sight(self, now: float, *, down: bool | None = None, unread: bool | None = None) -> None:
+        """Whether the count can be read. Idle means "no count", which cannot be told while the
+        counter cannot be read: the idle clock stops, and starts again when it can."""
+        blind = self.down or self.unread
+        if down is not None:
+            self.down = down
+        if unread is not None:
+            self.unread = unread
+        if blind and not (self.down or self.unread):
+            self.last_growth = now
+            if self.idle_after is not None:
+                self.sink.wake_at(now + self.idle_after)
+
     # ------------------------------------------------------------------ time
 
     @property
@@ -177,7 +195,8 @@ class RunState:
 
     def next_deadline(self) -> float:
         idle = INF
-        if self.idle_after is not None and self.stable and not self.idle and self.last_growth is not None:
+        if (self.idle_after is not None and self.stable and not self.idle and self.last_growth is not None
+                and not (self.down or self.unread)):
             idle = self.last_growth + self.idle_after
         return min(self.due, idle)
 
@@ -193,7 +212,7 @@ class RunState:
                 self.idle = False  # really stopped now; the idle downtime stays open
                 self.sink.changed()
         if (self.idle_after is not None and self.stable and not self.idle and self.last_growth is not None
-                and self.last_growth + self.idle_after <= now):
+                and not (self.down or self.unread) and self.last_growth + self.idle_after <= now):
             self.idle = True
             self.sink.changed()
         self._settle(out)

@@ -60,6 +60,7 @@ class Pipeline:
         self._retry_at = 0.0
         self._failure: Exception | None = None  # why the last _store_one failed
         self._aside_logged: set[tuple[str, str]] = set()
+        self._down: set[str] = set()  # connections reported down
 
     async def emit(self, readings: Sequence[Reading], *, durable: bool = False) -> None:
         done = asyncio.get_running_loop().create_future() if durable else None
@@ -73,6 +74,17 @@ class Pipeline:
         done = asyncio.get_running_loop().create_future()
         await self.queue.put(_Reload(machines, done))
         await done
+
+    def connection(self, name: str, up: bool) -> None:
+        """A source reports its connection down or up (idle detection pauses while it is down)."""
+        if up:
+            self._down.discard(name)
+        else:
+            self._down.add(name)
+        try:
+            self.logic.connection(name, up, time.monotonic())
+        except Exception as exc:  # a bug: never stop the agent for it
+            self._set_aside("connection state", name, exc)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -115,7 +127,10 @@ class Pipeline:
         states.update(self._states)  # not committed yet (the database refuses)
         states.update(self.logic.all_states())
         self._notices(self.logic.drain_notices())
-        self.logic = Logic(request.machines, states, now=time.monotonic())
+        now = time.monotonic()
+        self.logic = Logic(request.machines, states, now=now)
+        for name in self._down:
+            self.logic.connection(name, False, now)
         if not request.done.done():
             request.done.set_result(None)
 

@@ -63,6 +63,8 @@ class Agent:
             log.info("Connection %s is up", name)
             state.up, state.since, state.reason = True, time.time(), ""
         self.metrics.connection_up.labels(name).set(1)
+        if self.pipeline is not None:
+            self.pipeline.connection(name, True)
 
     def _down(self, name: str, reason: str) -> None:
         state = self.connections.setdefault(name, ConnectionState())
@@ -73,6 +75,8 @@ class Agent:
             state.since = time.time()
         state.up, state.reason = False, reason
         self.metrics.connection_up.labels(name).set(0)
+        if self.pipeline is not None:
+            self.pipeline.connection(name, False)
 
     def _context(self, pipeline: Pipeline) -> SourceContext:
         return SourceContext(emit=pipeline.emit, connection_up=self._up, connection_down=self._down,
