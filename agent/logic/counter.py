@@ -57,7 +57,7 @@ class Counter:
                  "wall_now")
 
     def __init__(self, sink: Sink, role: str, spec: CounterSpec, state: Any = None,
-                 now: float | None = None) -> None:
+                 now: float | None = None, floor: int = 0) -> None:
         self.sink = sink
         self.role = role
         self.code = role.partition(":")[2]  # the waste code, "" for the count
@@ -73,6 +73,13 @@ class Counter:
         self.seen: set[str] = set()
         if state is not None:
             self._load(state, now)
+        if self.total < floor:
+            # The outbox knows more was counted (the state was lost or damaged): resume from there,
+            # or new counts would stay below what Prodsmart holds and be dropped until they pass it.
+            if state is not None:
+                self.sink.notice("state_invalid", role, f"the total resumes from {floor} (the outbox)")
+            self.total = floor
+            self.sink.changed()
 
     # ------------------------------------------------------------------ readings
 
@@ -259,7 +266,7 @@ class Counter:
 
     def _load(self, state: Any, now: float | None) -> None:
         if not isinstance(state, dict) or as_int(state.get("total")) is None or state["total"] < 0:
-            self.sink.notice("state_invalid", self.role, "no usable total: starting from 0")
+            self.sink.notice("state_invalid", self.role, "no usable total")
             return
         self.total = state["total"]
         ids = state.get("ids")

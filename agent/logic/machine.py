@@ -43,7 +43,7 @@ class _Machine:
     __slots__ = ("code", "count", "extra", "extra_run", "heap_at", "params", "run", "sink", "spec", "waste")
 
     def __init__(self, code: str, spec: MachineSpec, state: Any, notices: list[Notice],
-                 dirty: set[str], now: float | None) -> None:
+                 dirty: set[str], now: float | None, floors: Mapping[str, int]) -> None:
         self.code = code
         self.spec = spec
         self.sink = sink = Sink(code, notices, dirty)
@@ -53,8 +53,10 @@ class _Machine:
             state = None
         saved: dict[str, Any] = dict(state.get("counters", {})) if state else {}
         count = saved.pop("count", None)
-        self.count = Counter(sink, "count", spec.counter, count, now) if spec.counter else None
-        self.waste = {c: Counter(sink, f"waste:{c}", s, saved.pop(f"waste:{c}", None), now)
+        self.count = (Counter(sink, "count", spec.counter, count, now, floors.get("count", 0))
+                      if spec.counter else None)
+        self.waste = {c: Counter(sink, f"waste:{c}", s, saved.pop(f"waste:{c}", None), now,
+                                 floors.get(f"waste:{c}", 0))
                       for c, s in spec.waste.items()}
         self.extra = saved  # roles this configuration lacks: kept so their totals resume
         has_run = spec.running is not None or (spec.idle_after is not None and spec.counter is not None)
@@ -111,9 +113,12 @@ class Logic:
     """The machine logic of every configured machine."""
 
     def __init__(self, machines: Mapping[str, MachineSpec],
-                 states: Mapping[str, dict[str, Any]] | None = None, now: float | None = None) -> None:
+                 states: Mapping[str, dict[str, Any]] | None = None, now: float | None = None,
+                 floors: Mapping[str, Mapping[str, int]] | None = None) -> None:
         """`now`: given when the states come from a Logic of this same process (a reload), so
-        that the times in them (a debounce under way) are of the same clock and carry over."""
+        that the times in them (a debounce under way) are of the same clock and carry over.
+        `floors`: per machine and counter role, the total the outbox knows was counted or
+        acknowledged (`Outbox.known_totals`): a total never resumes below it."""
         self._specs = machines
         self._notices: list[Notice] = []
         self._dirty: set[str] = set()
@@ -122,7 +127,8 @@ class Logic:
         self._machines: dict[str, _Machine] = {}
         bindings: dict[tuple[str, str], list[tuple[_Machine, Feed]]] = {}
         for code, spec in machines.items():
-            m = _Machine(code, spec, (states or {}).get(code), self._notices, self._dirty, now)
+            m = _Machine(code, spec, (states or {}).get(code), self._notices, self._dirty, now,
+                         (floors or {}).get(code, {}))
             self._machines[code] = m
             for key, feed in m.feeds():
                 bindings.setdefault((spec.connection, key), []).append((m, feed))

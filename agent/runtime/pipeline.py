@@ -120,15 +120,17 @@ class Pipeline:
         """Commit what the old logic produced, then build the new one from its full state."""
         await self.commit()
         states: dict[str, dict[str, Any]] = {}
+        floors: dict[str, dict[str, int]] = {}
         try:
             states.update(await self.outbox.load_states())
+            floors = await self.outbox.known_totals()
         except StorageError as exc:  # what this process holds is enough for its own machines
             log.warning("Reload: cannot read the saved states (%s); using those in memory", exc)
         states.update(self._states)  # not committed yet (the database refuses)
         states.update(self.logic.all_states())
         self._notices(self.logic.drain_notices())
         now = time.monotonic()
-        self.logic = Logic(request.machines, states, now=now)
+        self.logic = Logic(request.machines, states, now=now, floors=floors)
         for name in self._down:
             self.logic.connection(name, False, now)
         if not request.done.done():

@@ -102,7 +102,7 @@ class Agent:
         try:
             self.uplink = uplink = Uplink(outbox, cfg.prodsmart, self.credentials, self.metrics,
                                           dry_run=self.dry_run, out=self.out)
-            logic = Logic(cfg.machines, await outbox.load_states())
+            logic = Logic(cfg.machines, await outbox.load_states(), floors=await outbox.known_totals())
             self.pipeline = pipeline = Pipeline(logic, outbox, self.metrics, cfg.storage.commit_interval,
                                                 uplink.wake)
             await self._serve(pipeline, uplink)
