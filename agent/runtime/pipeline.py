@@ -94,7 +94,9 @@ class Pipeline:
             timeout = max(0.0, min(next_commit, next_tick) - loop.time())
             item: _Batch | _Reload | None = None
             with contextlib.suppress(TimeoutError):
-                item = await asyncio.wait_for(self.queue.get(), timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                async with asyncio.timeout(timeout):
+                    item = await self.queue.get()
             while item is not None:
                 if isinstance(item, _Reload):
                     await self._swap(item)

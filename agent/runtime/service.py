@@ -55,6 +55,7 @@ class Agent:
         self.uplink: Uplink | None = None
         self.pipeline: Pipeline | None = None
         self._sources: asyncio.Task[None] | None = None
+        self._source_tasks: list[asyncio.Task[None]] = []
 
     # -- connection state, reported by sources
     def _up(self, name: str) -> None:
@@ -91,7 +92,7 @@ class Agent:
                 self.connections.setdefault(conn.name, ConnectionState())
                 self.metrics.connection_up.labels(conn.name).set(0)
                 source = factory(conn.name, conn.config, list(conn.tags.values()), ctx)
-                group.create_task(source.run(), name=f"source:{conn.name}")
+                self._source_tasks.append(group.create_task(source.run(), name=f"source:{conn.name}"))
 
     async def run(self) -> None:
         """Run until `stopping` is set; then stop sources, commit, drain briefly, close."""
@@ -135,7 +136,7 @@ class Agent:
                         await reloading
             stop_wait.cancel()
             await self._stop_sources()
-            pipe_task.cancel()
+            await stop_tasks([pipe_task], None)
             with contextlib.suppress(asyncio.CancelledError):
                 await pipe_task
             await pipeline.commit()
@@ -146,17 +147,14 @@ class Agent:
         log.info("prodsmart-edge stopped cleanly")
 
     async def _stop_sources(self) -> None:
-        """Cancel the sources and wait for them, but not forever: a source that does not stop
-        in time is left to finish its cancellation (its readings still reach the pipeline)."""
-        sources = self._sources
+        """Cancel the sources and wait for them to close."""
+        sources, tasks = self._sources, self._source_tasks
+        self._source_tasks = []
         if sources is None:
             return
-        sources.cancel()
-        done, _ = await asyncio.wait({sources}, timeout=SOURCES_STOP)
-        if not done:
-            log.warning("The sources did not stop within %.0f s; going on without waiting for them",
-                        SOURCES_STOP)
-            return
+        if not await stop_tasks([*tasks, sources], SOURCES_STOP):
+            log.warning("The sources did not stop within %.0f s; still cancelling them", SOURCES_STOP)
+            await stop_tasks([*tasks, sources], None)
         with contextlib.suppress(asyncio.CancelledError):
             await sources
 
@@ -199,6 +197,25 @@ class Agent:
         log.info("Configuration reloaded: %d machines on %d connections",
                  len(new.machines), len(new.connections))
         self.ready()
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], within: float | None) -> bool:
+    """Cancel `tasks` until they are done (True), or `within` seconds have passed (False).
+
+    Cancelling again matters: on Python 3.11 `asyncio.wait_for` (in libraries, e.g. pymodbus's
+    transaction) can swallow a cancellation that arrives as its inner future completes, and the
+    task then goes on as if nothing happened: a reload or a SIGTERM that never finishes."""
+    loop = asyncio.get_running_loop()
+    deadline = None if within is None else loop.time() + within
+    while True:
+        live = [t for t in tasks if not t.done()]
+        if not live:
+            return True
+        if deadline is not None and loop.time() >= deadline:
+            return False
+        for task in live:
+            task.cancel()
+        await asyncio.wait(live, timeout=0.25)
 
 
 def install_signal_handlers(agent: Agent, on_stop: Callable[[], None] = lambda: None,
