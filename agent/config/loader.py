@@ -138,6 +138,7 @@ class _Builder:
         self.out = out
         self.tags: dict[str, dict[str, TagBinding]] = {}
         self.protocols: dict[str, str] = {}  # also for connections whose settings are broken
+        self.models: dict[str, BaseModel] = {}
 
     def connections(self, raw: Mapping[str, Any]) -> dict[str, tuple[str, BaseModel]]:
         result: dict[str, tuple[str, BaseModel]] = {}
@@ -154,6 +155,7 @@ class _Builder:
             model = self.out.validate(PROTOCOLS[proto].connection_model, settings or {}, (*path, proto))
             if model is not None:
                 result[name] = (proto, model)
+                self.models[name] = model
         return result
 
     def machine(
@@ -194,6 +196,10 @@ class _Builder:
             idle_type=m.idle_type,
             parameters={k: v for k, v in params.items() if v is not None},
         )
+
+
+# Connection settings that say *where* a value is read (not how often or how patiently).
+_WHERE_FIELDS = ("host", "port", "serial", "unit", "url")
 
 
 class _TagBinder:
@@ -252,7 +258,9 @@ class _TagBinder:
         spec, role = self._split(raw, path, CounterRole, COUNTER_ROLE_KEYS)
         if spec is None or not isinstance(role, CounterRole):
             return None
-        modulus = role.modulus or counter_modulus(getattr(spec, "type", None))
+        type_name = getattr(spec, "type", None)
+        modulus = role.modulus or counter_modulus(type_name)
+        signed = isinstance(type_name, str) and type_name.startswith("int") and role.modulus is None
         key = self._register(spec, "counter" if path[0] == "counter" else "waste")
         if role.mode == "delta":
             self._register(spec, "delta")  # sources treat increments specially (MQTT: retained replays)
@@ -260,7 +268,17 @@ class _TagBinder:
                 self.builder.out.warn((*self.base, *path), "a delta counter without id: a message the "
                                       "broker delivers twice (QoS 1, after a reconnect) is counted twice; "
                                       "give id: the JSON path of a message id, if the publisher sends one")
-        return CounterSpec(key, role.mode, modulus, role.max_rate, role.confirm_reset)
+        return CounterSpec(key, role.mode, modulus, role.max_rate, role.confirm_reset, signed,
+                           self._where())
+
+    def _where(self) -> str:
+        """The connection and the fields of its settings that say where values are read."""
+        settings: dict[str, Any] = {}
+        model = self.builder.models.get(self.connection)
+        if model is not None:
+            dumped = model.model_dump(mode="json")
+            settings = {k: dumped[k] for k in _WHERE_FIELDS if dumped.get(k) is not None}
+        return json.dumps([self.connection, self.proto, settings], sort_keys=True)
 
     def running(self, raw: Any) -> RunningSpec | None:
         spec, role = self._split(raw, ("running",), RunningRole, RUNNING_ROLE_KEYS)

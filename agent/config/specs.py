@@ -27,6 +27,12 @@ class CounterSpec:
     modulus: int | None = None
     max_rate: float | None = None
     confirm_reset: bool = True
+    # A signed register type (int16, int32...): a negative raw is read as the two's-complement
+    # unsigned value of the width, so that 32767 -> -32768 is a wrap, not a bad value.
+    signed: bool = False
+    # Where the tag is read (connection name and address: host, port, unit...): with the tag key,
+    # the counter's identity. A counter moved elsewhere starts a new baseline, its total kept.
+    where: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,10 @@ class Metrics:
         self.parse_errors = Counter(P + "payload_errors", "Messages whose payload could not be parsed",
                                     ["connection"], registry=r)
         # logic
+        self.set_aside = Counter(
+            P + "set_aside", "Readings, events or states set aside because applying or storing them "
+            "failed (logged with the reason); everything else goes on", ["what"], registry=r,
+        )
         self.counter_resets = Counter(P + "counter_resets", "Counter resets accepted", ["machine", "tag"],
                                       registry=r)
         self.counter_wraps = Counter(P + "counter_wraps", "Counter wraps", ["machine", "tag"], registry=r)

@@ -35,7 +35,7 @@ class Sink:
     machine yields at most one event of each kind.
     """
 
-    __slots__ = ("code", "count_grew", "dirty", "notices", "params", "wake", "waste_grew")
+    __slots__ = ("code", "count_grew", "count_unread", "dirty", "notices", "params", "wake", "waste_grew")
 
     def __init__(self, code: str, notices: list[Notice], dirty: set[str]) -> None:
         self.code = code
@@ -45,6 +45,8 @@ class Sink:
         self.waste_grew: list[str] = []
         self.params: dict[str, Scalar] | None = None
         self.wake = INF  # earliest new deadline a role asked for during this call
+        # The count's last reading could not be read (True) or could (False); None: no news.
+        self.count_unread: bool | None = None
 
     def notice(self, kind: str, role: str, detail: str = "") -> None:
         self.notices.append(Notice(kind, self.code, role, detail))
@@ -66,37 +68,39 @@ def unusable(reading: Reading) -> str | None:
     return None
 
 
-def count_of(value: Any) -> int | None:
-    """A counter value as a non-negative integer, None if it is not one.
+MAX_COUNT = 2**53  # the largest count or increment of a counter without a declared width
+
+
+def whole_of(value: Any) -> int | None:
+    """A counter value as an integer (of either sign), None if it is not a number.
 
     Floats are floored, except that float noise just below an integer (11.9999999999) rounds
     to it; numeric strings ("12", "12.0") are accepted; booleans are not counts.
     """
     kind = type(value)
     if kind is int:
-        return value if value >= 0 else None
+        return int(value)
     if kind is float:
         return _floor(value)
     if kind is str:
         text = value.strip()
         try:
-            number = int(text)
+            return int(text)
         except ValueError:
             try:
                 return _floor(float(text))
             except ValueError:
                 return None
-        return number if number >= 0 else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return count_of(int(value) if isinstance(value, int) else float(value))
+    return whole_of(int(value) if isinstance(value, int) else float(value))
 
 
 def _floor(value: float) -> int | None:
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value):
         return None
     near = round(value)
-    if abs(value - near) <= 1e-9 * max(1.0, value):
+    if abs(value - near) <= 1e-9 * max(1.0, abs(value)):
         return int(near)
     return math.floor(value)
 

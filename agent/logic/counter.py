@@ -18,8 +18,9 @@
   baseline moves to the new value and nothing is counted.
 - The first reading ever is only a baseline. A persisted `raw_last` is the baseline after a
   restart, so what was produced while the agent was down is counted on the first read.
-- When the tag key changes (a config reload pointed the role at another register) the next
-  reading is a new baseline; the total is kept, so it never decreases.
+- When the tag key or where it is read changes (a reload pointed the role at another register,
+  or moved the machine to another connection, host, port or unit) the next reading is a new
+  baseline; the total is kept, so it never decreases.
 
 `mode: delta` (a publisher sending "3 more parts"): every good value is added. Readings that
 carry a `msg_id` are checked against the last `DEDUPE_IDS` ids of the role. The ids are not
@@ -31,7 +32,10 @@ A reading marked `redelivered` (MQTT DUP after a crash) below `raw_last` is an o
 ignored, never taken for a drop.
 
 Unusable readings (bad quality, read error, None, NaN, infinities, negatives, booleans,
-non-numeric strings) change nothing and raise a "bad_value" notice.
+non-numeric strings, values beyond the declared width or, without one, beyond 2^53) change
+nothing and raise a "bad_value" notice. A signed register type (`int16`, `int32`...) is read
+as the two's-complement unsigned value of its width: 32767 -> -32768 is a wrap. An increment
+above 2^53 (or one that would take the total past 2^62) is refused like a `max_rate` jump.
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ from typing import Any
 
 from agent.config.specs import CounterSpec
 from agent.core.model import Reading
-from agent.logic.common import Sink, as_float, as_int, count_of, unusable
+from agent.logic.common import MAX_COUNT, Sink, as_float, as_int, unusable, whole_of
 
 DEDUPE_IDS = 10_000
+MAX_TOTAL = 2**62  # a total stays far below what SQLite holds (2^63), offset included
 MIN_RATE_WINDOW = 1.0  # seconds: the shortest interval max_rate is applied over
 
 
@@ -51,9 +56,10 @@ class Counter:
     """The state of one counter role of one machine ("count" or "waste:<code>")."""
 
     __slots__ = ("code", "fresh", "ids", "key", "pending", "raw", "role", "seen", "sink", "spec", "t",
-                 "total")
+                 "total", "wall", "wall_now")
 
-    def __init__(self, sink: Sink, role: str, spec: CounterSpec, state: Any = None) -> None:
+    def __init__(self, sink: Sink, role: str, spec: CounterSpec, state: Any = None,
+                 now: float | None = None, floor: int = 0) -> None:
         self.sink = sink
         self.role = role
         self.code = role.partition(":")[2]  # the waste code, "" for the count
@@ -62,17 +68,27 @@ class Counter:
         self.raw: int | None = None  # last good raw value: the baseline
         self.total = 0
         self.pending: int | None = None  # a drop waiting for the next reading
-        self.t: float | None = None  # when the baseline was last read (for max_rate)
+        self.t: float | None = None  # when the baseline was last read (for max_rate), monotonic
+        self.wall: float | None = None  # the same moment on the wall clock (survives a restart)
+        self.wall_now: float | None = None  # the wall time of the reading being applied
         self.ids: deque[str] = deque(maxlen=DEDUPE_IDS)
         self.seen: set[str] = set()
         self.fresh: list[str] = []  # ids counted since the last drain_ids
         if state is not None:
-            self._load(state)
+            self._load(state, now)
+        if self.total < floor:
+            # The outbox knows more was counted (the state was lost or damaged): resume from there,
+            # or new counts would stay below what Prodsmart holds and be dropped until they pass it.
+            if state is not None:
+                self.sink.notice("state_invalid", role, f"the total resumes from {floor} (the outbox)")
+            self.total = floor
+            self.sink.changed()
 
     # ------------------------------------------------------------------ readings
 
     def feed(self, reading: Reading, now: float) -> None:
-        """Apply one reading; report growth into the sink."""
+        """Apply one reading at `now` (monotonic seconds); report growth into the sink."""
+        self.wall_now = reading.received_time or None
         if self.spec.mode == "delta":
             self._delta(reading, now)
             return
@@ -91,7 +107,7 @@ class Counter:
             self._resolve(raw, now)
         elif raw >= last:
             if raw == last:
-                self.t = now  # reaffirmed: max_rate measures from here
+                self._stamp(now)  # reaffirmed: max_rate measures from here
             else:
                 self._count(raw - last, raw, now)
         elif self.spec.confirm_reset:
@@ -103,7 +119,7 @@ class Counter:
 
     def _baseline(self, raw: int, now: float) -> None:
         self.raw = raw
-        self.t = now
+        self._stamp(now)
         self.sink.changed()
 
     def _resolve(self, raw: int, now: float) -> None:
@@ -116,7 +132,7 @@ class Counter:
             if raw > last:
                 self._count(raw - last, raw, now)
             else:
-                self.t = now
+                self._stamp(now)
                 self.sink.changed()
         elif raw < low:
             self.pending = raw
@@ -143,18 +159,34 @@ class Counter:
             self.sink.notice("jump_rejected", self.role, f"{self.raw} -> {raw}: +{inc}")
             inc = 0
         self.raw = raw
-        self.t = now
+        self._stamp(now)
         self.sink.changed()
         if inc:
             self.total += inc
             self._grew()
         return inc > 0
 
+    def _stamp(self, now: float) -> None:
+        self.t = now
+        self.wall = self.wall_now
+
     def _implausible(self, inc: int, now: float) -> bool:
+        if inc > MAX_COUNT or self.total + inc > MAX_TOTAL:
+            return True  # no counter makes 2^53 parts between two readings
         rate = self.spec.max_rate
-        if rate is None or self.t is None:
+        if rate is None:
             return False
-        return inc > rate * max(now - self.t, MIN_RATE_WINDOW)
+        if self.t is not None:
+            elapsed = now - self.t
+        elif self.wall is not None and self.wall_now is not None:
+            # The first reading after a restart: only the wall clock spans it. A negative span is
+            # a clock stepped back: the time is unknown, so nothing is refused.
+            elapsed = self.wall_now - self.wall
+            if elapsed < 0:
+                return False
+        else:
+            return False
+        return inc > rate * max(elapsed, MIN_RATE_WINDOW)
 
     def _grew(self) -> None:
         if self.code:
@@ -165,10 +197,34 @@ class Counter:
     def _count_of(self, reading: Reading) -> int | None:
         """The reading's value as a count, or None (reported as a bad value) if unusable."""
         why = unusable(reading)
-        value = count_of(reading.value) if why is None else None
-        if value is None:
-            self.sink.notice("bad_value", self.role, why or f"not a count: {reading.value!r}")
-        return value
+        if not self.code:
+            self.sink.count_unread = why is not None  # idle detection pauses while it cannot read
+        value = whole_of(reading.value) if why is None else None
+        if why is None:
+            why = f"not a count: {reading.value!r:.60}" if value is None else self._out_of_range(value)
+        if why is not None or value is None:
+            self.sink.notice("bad_value", self.role, why or "")
+            return None
+        return value + self.spec.modulus if value < 0 and self.spec.modulus else value
+
+    def _out_of_range(self, value: int) -> str | None:
+        """Why an integer cannot be a count (or an increment) of this counter, None if it can.
+
+        A signed register's negative value is its two's-complement unsigned value; anything
+        beyond the declared width (without one, 2^53) is a broken sensor or publisher."""
+        spec = self.spec
+        if value < 0:
+            if spec.signed and spec.modulus and -value <= spec.modulus // 2:
+                return None
+            return f"negative: {value}"
+        limit = spec.modulus - 1 if spec.modulus else MAX_COUNT
+        if spec.mode == "delta":
+            limit = min(limit, MAX_COUNT)
+        if spec.signed and spec.modulus and value >= spec.modulus // 2:
+            limit = spec.modulus // 2 - 1
+        if value > limit:
+            return f"{_short(value)} is beyond the counter's range (at most {limit})"
+        return None
 
     def _delta(self, reading: Reading, now: float) -> None:
         msg_id = reading.msg_id
@@ -187,7 +243,7 @@ class Counter:
         if self._implausible(inc, now):
             self.sink.notice("jump_rejected", self.role, f"+{inc}")
             inc = 0
-        self.t = now
+        self._stamp(now)
         self.sink.changed()
         if inc:
             self.total += inc
@@ -196,8 +252,8 @@ class Counter:
     # ------------------------------------------------------------------ persistence
 
     def dump(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"key": self.key, "total": self.total, "raw": self.raw,
-                                 "pending": self.pending, "t": self.t}
+        state: dict[str, Any] = {"key": self.key, "where": self.spec.where, "total": self.total,
+                                 "raw": self.raw, "pending": self.pending, "t": self.t, "wall": self.wall}
         return state
 
     def drain_ids(self) -> list[str]:
@@ -205,9 +261,19 @@ class Counter:
         fresh, self.fresh = self.fresh, []
         return fresh
 
-    def _load(self, state: Any) -> None:
+    def _times(self, state: dict[str, Any], now: float | None) -> None:
+        """Monotonic times carry over a reload only (`now` given); the wall time over a restart.
+        A state from before monotonic times holds the wall time in "t"."""
+        t = as_float(state.get("t"))
+        if "wall" not in state:
+            self.wall = t
+            return
+        self.wall = as_float(state.get("wall"))
+        self.t = t if now is not None and t is not None and t <= now else None
+
+    def _load(self, state: Any, now: float | None) -> None:
         if not isinstance(state, dict) or as_int(state.get("total")) is None or state["total"] < 0:
-            self.sink.notice("state_invalid", self.role, "no usable total: starting from 0")
+            self.sink.notice("state_invalid", self.role, "no usable total")
             return
         self.total = state["total"]
         ids = state.get("ids")
@@ -215,13 +281,21 @@ class Counter:
             self.ids.extend(str(i) for i in ids[-DEDUPE_IDS:])
             self.seen.update(self.ids)
         if self.spec.mode == "delta":
-            self.t = as_float(state.get("t"))
+            self._times(state, now)
             return  # a delta counter has no baseline
-        if state.get("key") != self.key:
-            self.sink.notice("rebaseline", self.role, "the tag changed: the next reading is a new baseline")
+        where = state.get("where")
+        if state.get("key") != self.key or (where is not None and where != self.spec.where):
+            # A state without "where" predates it: its tag key alone decides.
+            self.sink.notice("rebaseline", self.role, "the tag or where it is read changed: "
+                             "the next reading is a new baseline")
             self.sink.changed()
             return
         raw, pending = as_int(state.get("raw")), as_int(state.get("pending"))
         self.raw = raw if raw is not None and raw >= 0 else None
         self.pending = pending if self.raw is not None and pending is not None and pending >= 0 else None
-        self.t = as_float(state.get("t"))
+        self._times(state, now)
+
+
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 20 else f"{value:.3e}"

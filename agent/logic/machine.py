@@ -43,7 +43,7 @@ class _Machine:
     __slots__ = ("code", "count", "extra", "extra_run", "heap_at", "params", "run", "sink", "spec", "waste")
 
     def __init__(self, code: str, spec: MachineSpec, state: Any, notices: list[Notice],
-                 dirty: set[str]) -> None:
+                 dirty: set[str], now: float | None, floors: Mapping[str, int]) -> None:
         self.code = code
         self.spec = spec
         self.sink = sink = Sink(code, notices, dirty)
@@ -52,13 +52,16 @@ class _Machine:
             sink.notice("state_invalid", "", "the stored state is not usable: starting fresh")
             state = None
         saved: dict[str, Any] = dict(state.get("counters", {})) if state else {}
-        self.count = Counter(sink, "count", spec.counter, saved.pop("count", None)) if spec.counter else None
-        self.waste = {c: Counter(sink, f"waste:{c}", s, saved.pop(f"waste:{c}", None))
+        count = saved.pop("count", None)
+        self.count = (Counter(sink, "count", spec.counter, count, now, floors.get("count", 0))
+                      if spec.counter else None)
+        self.waste = {c: Counter(sink, f"waste:{c}", s, saved.pop(f"waste:{c}", None), now,
+                                 floors.get(f"waste:{c}", 0))
                       for c, s in spec.waste.items()}
         self.extra = saved  # roles this configuration lacks: kept so their totals resume
         has_run = spec.running is not None or (spec.idle_after is not None and spec.counter is not None)
         run_state = state.get("run") if state else None
-        self.run = RunState(sink, spec, run_state) if has_run else None
+        self.run = RunState(sink, spec, run_state, now) if has_run else None
         self.extra_run = None if has_run else run_state
         self.params = {c: Parameter(sink, c, p) for c, p in spec.parameters.items()}
         self.heap_at = INF  # the time of this machine's live heap entry
@@ -110,7 +113,12 @@ class Logic:
     """The machine logic of every configured machine."""
 
     def __init__(self, machines: Mapping[str, MachineSpec],
-                 states: Mapping[str, dict[str, Any]] | None = None) -> None:
+                 states: Mapping[str, dict[str, Any]] | None = None, now: float | None = None,
+                 floors: Mapping[str, Mapping[str, int]] | None = None) -> None:
+        """`now`: given when the states come from a Logic of this same process (a reload), so
+        that the times in them (a debounce under way) are of the same clock and carry over.
+        `floors`: per machine and counter role, the total the outbox knows was counted or
+        acknowledged (`Outbox.known_totals`): a total never resumes below it."""
         self._specs = machines
         self._notices: list[Notice] = []
         self._dirty: set[str] = set()
@@ -119,7 +127,8 @@ class Logic:
         self._machines: dict[str, _Machine] = {}
         bindings: dict[tuple[str, str], list[tuple[_Machine, Feed]]] = {}
         for code, spec in machines.items():
-            m = _Machine(code, spec, (states or {}).get(code), self._notices, self._dirty)
+            m = _Machine(code, spec, (states or {}).get(code), self._notices, self._dirty, now,
+                         (floors or {}).get(code, {}))
             self._machines[code] = m
             for key, feed in m.feeds():
                 bindings.setdefault((spec.connection, key), []).append((m, feed))
@@ -147,6 +156,12 @@ class Logic:
         for feed in target.handlers:
             feed(reading, now)
         for m in target.machines:
+            unread = m.sink.count_unread
+            if unread is not None:
+                m.sink.count_unread = None
+                if m.run is not None:
+                    m.run.sight(now, unread=unread)
+        for m in target.machines:
             self._flush(m, now, out)
         return out
 
@@ -173,6 +188,17 @@ class Logic:
             m.sink.wake_at(m.deadline())
             self._flush(m, now, out)
         return out
+
+    def connection(self, name: str, up: bool, now: float) -> None:
+        """A connection went down or came back: idle detection of its machines pauses meanwhile."""
+        if not self._armed:
+            self._arm(now)
+        for m in self._machines.values():
+            if m.spec.connection == name and m.run is not None:
+                m.run.sight(now, down=not up)
+                if m.sink.wake < m.heap_at:
+                    self._schedule(m)
+                m.sink.wake = INF
 
     def dirty_states(self) -> dict[str, dict[str, Any]]:
         """The states of machines changed since the last call (JSON-serialisable)."""
@@ -208,11 +234,22 @@ class Logic:
         run = m.run
         return {
             "counters": {c.role: {"tag": c.key, "mode": c.spec.mode, "total": c.total, "baseline": c.raw,
-                                  "pending_reset": c.pending, "baseline_time": c.t} for c in counters},
+                                  "pending_reset": c.pending, "baseline_time": c.wall} for c in counters},
             "run": None if run is None else {
                 "running": run.stable, "sent": run.sent, "type": run.sent_type, "idle": run.idle,
-                "reason": run.reason, "candidate": run.cand, "candidate_since": run.cand_since or None},
+                "reason": run.reason, "candidate": run.cand},
         }
+
+    def all_states(self) -> dict[str, dict[str, Any]]:
+        """The state of every machine, dirty or not (to hand over to the next Logic on a reload),
+        with each delta counter's recent message ids: the next Logic still knows a redelivery."""
+        out: dict[str, dict[str, Any]] = {}
+        for code, m in self._machines.items():
+            state = out[code] = m.dump()
+            for counter in (m.count, *m.waste.values()):
+                if counter is not None and counter.ids:
+                    state["counters"][counter.role]["ids"] = list(counter.ids)
+        return out
 
     def drain_notices(self) -> list[Notice]:
         notices = self._notices[:]

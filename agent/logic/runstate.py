@@ -11,7 +11,9 @@
   stopped sends nothing: Prodsmart has no call to change an open downtime's type.
   A start carries the type of the downtime it closes.
 - Idle (`idle_after`): running, but the count did not grow for that long, sends a stop with
-  `idle_type`; the next count growth sends the start. A real stop while idle sends nothing
+  `idle_type`; the next count growth sends the start. While the count cannot be read (its
+  connection is down, its readings are errors or of bad quality) there is no idle: the idle
+  clock starts again when it can be read. A real stop while idle sends nothing
   more (the idle downtime stays open) and the start that follows closes it.
 - Only transitions are sent. The last sent state is persisted, so a restart sends nothing
   unless the state really changed. Prodsmart treats a machine without an open downtime as
@@ -26,7 +28,7 @@ from typing import Any
 
 from agent.config.specs import MachineSpec, reason_key
 from agent.core.model import Event, Reading, RunStateChanged, Scalar
-from agent.logic.common import INF, Sink, unusable
+from agent.logic.common import INF, Sink, as_float, unusable
 
 _TRUE = frozenset({"true", "on", "run", "running", "1"})
 _FALSE = frozenset({"false", "off", "stop", "stopped", "0"})
@@ -95,10 +97,11 @@ def _boolean(value: Scalar | None) -> bool | None:
 class RunState:
     """Run state of one machine: debounce, stop reason, idle detection, last sent state."""
 
-    __slots__ = ("cand", "cand_since", "default", "idle", "idle_after", "idle_type", "interpret",
-                 "last_growth", "min_duration", "reason", "sent", "sent_type", "sink", "stable", "types")
+    __slots__ = ("cand", "cand_since", "default", "down", "idle", "idle_after", "idle_type", "interpret",
+                 "last_growth", "min_duration", "reason", "sent", "sent_type", "sink", "stable", "types",
+                 "unread")
 
-    def __init__(self, sink: Sink, spec: MachineSpec, state: Any = None) -> None:
+    def __init__(self, sink: Sink, spec: MachineSpec, state: Any = None, now: float | None = None) -> None:
         self.sink = sink
         running = spec.running
         self.interpret = RunningValue(running.running_values, running.invert) if running else None
@@ -116,8 +119,10 @@ class RunState:
         self.sent = True  # what Prodsmart was told; it takes a machine without downtime as running
         self.sent_type: str | None = None  # the type of the downtime opened last
         self.idle = False
+        self.down = False  # the connection is down
+        self.unread = False  # the count's last reading was a read error or of bad quality
         if state is not None:
-            self._load(state)
+            self._load(state, now)
 
     # ------------------------------------------------------------------ inputs
 
@@ -128,11 +133,14 @@ class RunState:
         if state is None:
             self.sink.notice("bad_value", "running", why or f"not a run state: {reading.value!r}")
         elif state == self.stable:
-            self.cand = None  # flipped back within min_duration: nothing happened
+            if self.cand is not None:
+                self.cand = None  # flipped back within min_duration: nothing happened
+                self.sink.changed()
         elif state != self.cand:
             self.cand = state
             self.cand_since = now
             self.sink.wake_at(now + self.min_duration)
+            self.sink.changed()
 
     def feed_reason(self, reading: Reading, now: float) -> None:
         why = unusable(reading)
@@ -142,7 +150,11 @@ class RunState:
             self.reason = reading.value
 
     def arm(self, now: float) -> None:
-        """Start the idle clock (at the first call that brings a time)."""
+        """Start the idle clock and a restored debounce (at the first call that brings a time)."""
+        if self.cand is not None:
+            if self.cand_since > now:
+                self.cand_since = now
+            self.sink.wake_at(self.due)
         if self.last_growth is None:
             self.last_growth = now
             if self.idle_after is not None:
@@ -161,6 +173,19 @@ class RunState:
             if self.idle_after is not None:
                 self.sink.wake_at(now + self.idle_after)
 
+    def sight(self, now: float, *, down: bool | None = None, unread: bool | None = None) -> None:
+        """Whether the count can be read. Idle means "no count", which cannot be told while the
+        counter cannot be read: the idle clock stops, and starts again when it can."""
+        blind = self.down or self.unread
+        if down is not None:
+            self.down = down
+        if unread is not None:
+            self.unread = unread
+        if blind and not (self.down or self.unread):
+            self.last_growth = now
+            if self.idle_after is not None:
+                self.sink.wake_at(now + self.idle_after)
+
     # ------------------------------------------------------------------ time
 
     @property
@@ -170,7 +195,8 @@ class RunState:
 
     def next_deadline(self) -> float:
         idle = INF
-        if self.idle_after is not None and self.stable and not self.idle and self.last_growth is not None:
+        if (self.idle_after is not None and self.stable and not self.idle and self.last_growth is not None
+                and not (self.down or self.unread)):
             idle = self.last_growth + self.idle_after
         return min(self.due, idle)
 
@@ -179,13 +205,14 @@ class RunState:
         if self.cand is not None and self.cand_since + self.min_duration <= now:
             state, self.cand = self.cand, None
             self.stable = state
+            self.sink.changed()
             if state:
                 self.last_growth = now  # the idle clock starts when the machine starts
             elif self.idle:
                 self.idle = False  # really stopped now; the idle downtime stays open
                 self.sink.changed()
         if (self.idle_after is not None and self.stable and not self.idle and self.last_growth is not None
-                and self.last_growth + self.idle_after <= now):
+                and not (self.down or self.unread) and self.last_growth + self.idle_after <= now):
             self.idle = True
             self.sink.changed()
         self._settle(out)
@@ -212,9 +239,18 @@ class RunState:
     # ------------------------------------------------------------------ persistence
 
     def dump(self) -> dict[str, Any]:
-        return {"sent": self.sent, "type": self.sent_type, "idle": self.idle}
+        state: dict[str, Any] = {"sent": self.sent, "type": self.sent_type, "idle": self.idle}
+        if self.stable is not None and self.interpret is not None:
+            state["stable"] = self.stable
+        if self.cand is not None:
+            # A state waiting out min_duration: the message that brought it may never come again
+            # (a publish-on-change topic, acknowledged), so it is committed with the rest.
+            state["cand"], state["since"] = self.cand, self.cand_since
+        if self.reason is not None:
+            state["reason"] = self.reason
+        return state
 
-    def _load(self, state: Any) -> None:
+    def _load(self, state: Any, now: float | None) -> None:
         if not isinstance(state, dict) or not isinstance(state.get("sent"), bool):
             self.sink.notice("state_invalid", "running", "no usable run state: taken as running")
             return
@@ -222,3 +258,15 @@ class RunState:
         kind = state.get("type")
         self.sent_type = kind if isinstance(kind, str) else None
         self.idle = state.get("idle") is True and self.idle_after is not None and not self.sent
+        if self.interpret is not None and isinstance(state.get("stable"), bool):
+            self.stable = state["stable"]
+        reason = state.get("reason")
+        if isinstance(reason, (str, int, float)):
+            self.reason = reason
+        cand = state.get("cand")
+        if isinstance(cand, bool) and self.interpret is not None and cand != self.stable:
+            self.cand = cand
+            since = as_float(state.get("since"))
+            # Times of this process's clock carry over a reload; after a restart the debounce
+            # starts again at the first call (the clock of another boot means nothing here).
+            self.cand_since = since if now is not None and since is not None and since <= now else INF

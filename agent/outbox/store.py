@@ -196,6 +196,22 @@ class Outbox(OutboxDelivery, OutboxAdmin, OutboxLanes):
             await attach_ids(db, states)
         return states
 
+    async def known_totals(self) -> dict[str, dict[str, int]]:
+        """Per machine, the logic totals the outbox knows were counted or acknowledged, by counter
+        role ("count", "waste:<code>"): a logic state that is lost resumes from there, not below."""
+        async with self._read() as db:
+            rows = await db.execute_fetchall(
+                "SELECT machine, max(coalesce(last_total, 0), coalesce(acked_count - count_offset, 0)) "
+                "FROM machines")
+            waste = await db.execute_fetchall("SELECT machine, code, quantity FROM acked_waste")
+        out: dict[str, dict[str, int]] = {}
+        for machine, total in rows:
+            if total:
+                out.setdefault(str(machine), {})["count"] = int(total)
+        for machine, code, quantity in waste:
+            out.setdefault(str(machine), {})[f"waste:{code}"] = int(quantity)
+        return out
+
     async def machine_codes(self) -> list[str]:
         """Every machine the database knows of (state, queue, history or dead letters)."""
         sql = """SELECT machine FROM state UNION SELECT machine FROM calls UNION SELECT machine FROM machines

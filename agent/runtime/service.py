@@ -29,6 +29,7 @@ from agent.uplink.client import Credentials, Uplink
 log = logging.getLogger(__name__)
 
 DRAIN_ON_STOP = 5.0  # seconds a clean stop spends sending what is queued
+SOURCES_STOP = 5.0  # seconds a reload or a stop waits for the sources to close
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Agent:
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         self.pipeline: Pipeline | None = None
+        self._sources: asyncio.Task[None] | None = None
+        self._source_tasks: list[asyncio.Task[None]] = []
 
     # -- connection state, reported by sources
     def _up(self, name: str) -> None:
@@ -63,6 +66,8 @@ class Agent:
             log.info("Connection %s is up", name)
             state.up, state.since, state.reason = True, time.time(), ""
         self.metrics.connection_up.labels(name).set(1)
+        if self.pipeline is not None:
+            self.pipeline.connection(name, True)
 
     def _down(self, name: str, reason: str) -> None:
         state = self.connections.setdefault(name, ConnectionState())
@@ -73,6 +78,8 @@ class Agent:
             state.since = time.time()
         state.up, state.reason = False, reason
         self.metrics.connection_up.labels(name).set(0)
+        if self.pipeline is not None:
+            self.pipeline.connection(name, False)
 
     def _context(self, pipeline: Pipeline) -> SourceContext:
         return SourceContext(emit=pipeline.emit, connection_up=self._up, connection_down=self._down,
@@ -87,7 +94,7 @@ class Agent:
                 self.connections.setdefault(conn.name, ConnectionState())
                 self.metrics.connection_up.labels(conn.name).set(0)
                 source = factory(conn.name, conn.config, list(conn.tags.values()), ctx)
-                group.create_task(source.run(), name=f"source:{conn.name}")
+                self._source_tasks.append(group.create_task(source.run(), name=f"source:{conn.name}"))
 
     async def run(self) -> None:
         """Run until `stopping` is set; then stop sources, commit, drain briefly, close."""
@@ -104,7 +111,7 @@ class Agent:
         try:
             self.uplink = uplink = Uplink(outbox, cfg.prodsmart, self.credentials, self.metrics,
                                           dry_run=self.dry_run, out=self.out, budget=budget)
-            logic = Logic(cfg.machines, await outbox.load_states())
+            logic = Logic(cfg.machines, await outbox.load_states(), floors=await outbox.known_totals())
             self.pipeline = pipeline = Pipeline(logic, outbox, self.metrics, cfg.storage.commit_interval,
                                                 uplink.wake)
             await self._serve(pipeline, uplink)
@@ -117,24 +124,28 @@ class Agent:
         async with asyncio.TaskGroup() as group:
             pipe_task = group.create_task(pipeline.run(), name="pipeline")
             up_task = group.create_task(self._run_uplink(uplink), name="uplink")
-            sources = group.create_task(self._run_sources(self.config, ctx), name="sources")
+            self._sources = group.create_task(self._run_sources(self.config, ctx), name="sources")
             self.ready()
             log.info("prodsmart-edge running: %d machines on %d connections%s",
                      len(self.config.machines), len(self.config.connections),
                      " (dry run: nothing is sent)" if self.dry_run else "")
+            stop_wait = asyncio.create_task(self.stopping.wait())
             while not self.stopping.is_set():
                 reload_wait = asyncio.create_task(self.reload_requested.wait())
-                stop_wait = asyncio.create_task(self.stopping.wait())
                 await asyncio.wait({reload_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 reload_wait.cancel()
-                stop_wait.cancel()
                 if self.reload_requested.is_set() and not self.stopping.is_set():
                     self.reload_requested.clear()
-                    sources = await self._reload(pipeline, ctx, sources, group)
-            sources.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sources
-            pipe_task.cancel()
+                    # A stop is answered at once, also in the middle of a reload.
+                    reloading = asyncio.create_task(self._reload(pipeline, ctx, group))
+                    await asyncio.wait({reloading, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    if not reloading.done():
+                        reloading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reloading
+            stop_wait.cancel()
+            await self._stop_sources()
+            await stop_tasks([pipe_task], None)
             with contextlib.suppress(asyncio.CancelledError):
                 await pipe_task
             await pipeline.commit()
@@ -143,6 +154,18 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await up_task
         log.info("prodsmart-edge stopped cleanly")
+
+    async def _stop_sources(self) -> None:
+        """Cancel the sources and wait for them to close."""
+        sources, tasks = self._sources, self._source_tasks
+        self._source_tasks = []
+        if sources is None:
+            return
+        if not await stop_tasks([*tasks, sources], SOURCES_STOP):
+            log.warning("The sources did not stop within %.0f s; still cancelling them", SOURCES_STOP)
+            await stop_tasks([*tasks, sources], None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await sources
 
     async def _run_uplink(self, uplink: Uplink) -> None:
         """The uplink, restarted with backoff when the database fails under it (not a crash)."""
@@ -162,9 +185,11 @@ class Agent:
         except StorageError:
             pass  # what is queued stays queued; the failure is already in the log
 
-    async def _reload(self, pipeline: Pipeline, ctx: SourceContext, sources: asyncio.Task[None],
-                      group: asyncio.TaskGroup) -> asyncio.Task[None]:
-        """Apply a new tag map without losing counter state or queued calls; keep the old if invalid."""
+    async def _reload(self, pipeline: Pipeline, ctx: SourceContext, group: asyncio.TaskGroup) -> None:
+        """Apply a new tag map without losing counter state or queued calls; keep the old if invalid.
+
+        The sources stop, the pipeline swaps its logic inside its own loop (after every reading
+        they queued), then the new sources start."""
         try:
             new = load_config(self.config.path)
         except ConfigError as exc:
@@ -173,18 +198,33 @@ class Agent:
             log.error("Reload refused: %d problem(s); the running configuration is kept",
                       len(exc.problems))
             self.ready()
-            return sources
-        sources.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sources
-        await pipeline.commit()
-        assert self.outbox is not None
-        pipeline.logic = Logic(new.machines, await self.outbox.load_states())
+            return
+        await self._stop_sources()
+        await pipeline.reload(new.machines)
         self.config = new
+        self._sources = group.create_task(self._run_sources(new, ctx), name="sources")
         log.info("Configuration reloaded: %d machines on %d connections",
                  len(new.machines), len(new.connections))
         self.ready()
-        return group.create_task(self._run_sources(new, ctx), name="sources")
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], within: float | None) -> bool:
+    """Cancel `tasks` until they are done (True), or `within` seconds have passed (False).
+
+    Cancelling again matters: on Python 3.11 `asyncio.wait_for` (in libraries, e.g. pymodbus's
+    transaction) can swallow a cancellation that arrives as its inner future completes, and the
+    task then goes on as if nothing happened: a reload or a SIGTERM that never finishes."""
+    loop = asyncio.get_running_loop()
+    deadline = None if within is None else loop.time() + within
+    while True:
+        live = [t for t in tasks if not t.done()]
+        if not live:
+            return True
+        if deadline is not None and loop.time() >= deadline:
+            return False
+        for task in live:
+            task.cancel()
+        await asyncio.wait(live, timeout=0.25)
 
 
 def install_signal_handlers(agent: Agent, on_stop: Callable[[], None] = lambda: None,

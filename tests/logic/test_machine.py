@@ -200,6 +200,18 @@ def test_delta_duplicates_are_dropped_also_after_a_restart() -> None:
     assert kinds(restarted) == ["duplicate"]
 
 
+def test_delta_duplicates_are_dropped_after_a_reload() -> None:
+    """A reload hands the old logic's full state to the new one: the delta ids go with it (they are
+    no longer in the dumped state, which the outbox stores without them)."""
+    logic = delta_logic()
+    assert counts(logic.apply(R("parts", 3, msg_id="a"), 0.0)) == [3]
+    logic.drain_delta_ids()  # committed to the outbox's table before the reload
+    reloaded = delta_logic(round_trip(logic.all_states()))
+    assert reloaded.apply(R("parts", 3, msg_id="a"), 1.0) == []  # the broker's redelivery
+    assert kinds(reloaded) == ["duplicate"]
+    assert counts(reloaded.apply(R("parts", 1, msg_id="b"), 2.0)) == [4]
+
+
 def test_delta_remembers_the_last_ids_only() -> None:
     logic = delta_logic()
     for i in range(DEDUPE_IDS + 1):
