@@ -8,6 +8,7 @@ are defined in `agent.config.specs`.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -278,7 +279,9 @@ class _TagBinder:
         if model is not None:
             dumped = model.model_dump(mode="json")
             settings = {k: dumped[k] for k in _WHERE_FIELDS if dumped.get(k) is not None}
-        return json.dumps([self.connection, self.proto, settings], sort_keys=True)
+        where = json.dumps([self.connection, self.proto, settings], sort_keys=True)
+        # Saved with every counter state on every commit: a digest keeps that small.
+        return hashlib.blake2b(where.encode(), digest_size=8).hexdigest()
 
     def running(self, raw: Any) -> RunningSpec | None:
         spec, role = self._split(raw, ("running",), RunningRole, RUNNING_ROLE_KEYS)

@@ -55,8 +55,8 @@ MIN_RATE_WINDOW = 1.0  # seconds: the shortest interval max_rate is applied over
 class Counter:
     """The state of one counter role of one machine ("count" or "waste:<code>")."""
 
-    __slots__ = ("code", "fresh", "ids", "key", "pending", "raw", "role", "seen", "sink", "spec", "t",
-                 "total", "wall", "wall_now")
+    __slots__ = ("code", "fresh", "ids", "key", "limit", "pending", "raw", "role", "seen", "sink", "spec",
+                 "t", "total", "unread", "wall", "wall_now")
 
     def __init__(self, sink: Sink, role: str, spec: CounterSpec, state: Any = None,
                  now: float | None = None, floor: int = 0) -> None:
@@ -71,6 +71,8 @@ class Counter:
         self.t: float | None = None  # when the baseline was last read (for max_rate), monotonic
         self.wall: float | None = None  # the same moment on the wall clock (survives a restart)
         self.wall_now: float | None = None  # the wall time of the reading being applied
+        self.unread = False  # the last reading was a read error or of bad quality
+        self.limit = self._limit(spec)  # the largest count a reading may give as it is
         self.ids: deque[str] = deque(maxlen=DEDUPE_IDS)
         self.seen: set[str] = set()
         self.fresh: list[str] = []  # ids counted since the last drain_ids
@@ -197,15 +199,26 @@ class Counter:
     def _count_of(self, reading: Reading) -> int | None:
         """The reading's value as a count, or None (reported as a bad value) if unusable."""
         why = unusable(reading)
-        if not self.code:
-            self.sink.count_unread = why is not None  # idle detection pauses while it cannot read
+        if (why is not None) != self.unread:
+            self.unread = why is not None
+            if not self.code:
+                self.sink.count_unread = self.unread  # idle detection pauses while it cannot read
         value = whole_of(reading.value) if why is None else None
+        if value is not None and 0 <= value <= self.limit:
+            return value  # the usual case, checked first
         if why is None:
             why = f"not a count: {reading.value!r:.60}" if value is None else self._out_of_range(value)
         if why is not None or value is None:
             self.sink.notice("bad_value", self.role, why or "")
             return None
         return value + self.spec.modulus if value < 0 and self.spec.modulus else value
+
+    @staticmethod
+    def _limit(spec: CounterSpec) -> int:
+        limit = spec.modulus - 1 if spec.modulus else MAX_COUNT
+        if spec.signed and spec.modulus:
+            limit = spec.modulus // 2 - 1
+        return min(limit, MAX_COUNT) if spec.mode == "delta" else limit
 
     def _out_of_range(self, value: int) -> str | None:
         """Why an integer cannot be a count (or an increment) of this counter, None if it can.

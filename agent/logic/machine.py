@@ -156,12 +156,6 @@ class Logic:
         for feed in target.handlers:
             feed(reading, now)
         for m in target.machines:
-            unread = m.sink.count_unread
-            if unread is not None:
-                m.sink.count_unread = None
-                if m.run is not None:
-                    m.run.sight(now, unread=unread)
-        for m in target.machines:
             self._flush(m, now, out)
         return out
 
@@ -269,6 +263,10 @@ class Logic:
     def _flush(self, m: _Machine, now: float, out: list[Event]) -> None:
         """Turn what the roles reported into events; schedule new deadlines."""
         sink = m.sink
+        if sink.count_unread is not None:  # the count became readable or unreadable
+            if m.run is not None:
+                m.run.sight(now, unread=sink.count_unread)
+            sink.count_unread = None
         if sink.count_grew or sink.waste_grew:
             count = None
             if sink.count_grew:

@@ -203,7 +203,10 @@ class Outbox(OutboxDelivery, OutboxAdmin, OutboxLanes):
             rows = await db.execute_fetchall(
                 "SELECT machine, max(coalesce(last_total, 0), coalesce(acked_count - count_offset, 0)) "
                 "FROM machines")
-            waste = await db.execute_fetchall("SELECT machine, code, quantity FROM acked_waste")
+            # A rebase's waste offset is in what Prodsmart holds, not in the logic's total.
+            waste = await db.execute_fetchall(
+                "SELECT a.machine, a.code, a.quantity - coalesce(o.quantity_offset, 0) FROM acked_waste a "
+                "LEFT JOIN waste_offsets o ON o.machine = a.machine AND o.code = a.code")
         out: dict[str, dict[str, int]] = {}
         for machine, total in rows:
             if total:

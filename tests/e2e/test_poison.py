@@ -10,11 +10,13 @@ import json
 import re
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from tests.support.fixtures_modbus import ModbusServer, modbus_server
 from tests.support.fixtures_mqtt import Mosquitto, Publisher
 from tests.support.harness import (
     AGENT_PROLOGUE,
@@ -24,6 +26,8 @@ from tests.support.harness import (
     wait_until,
     write_config,
 )
+
+__all__ = ["modbus_server"]
 
 CONFIG = AGENT_PROLOGUE + """\
 connections:
@@ -95,4 +99,47 @@ def test_a_poison_value_is_refused_and_everything_else_counts(tmp_path: Path) ->
     finally:
         agent.close()
         broker.stop()
+        sandbox.stop()
+
+
+MODBUS = AGENT_PROLOGUE + """\
+connections:
+  press-plc:
+    modbus: {{host: 127.0.0.1, port: {port}, poll: 100ms, timeout: 500ms, retry_max: 1s}}
+machines:
+  PRESS-01:
+    connection: press-plc
+    counter: {{holding: 100, type: float32}}
+  PRESS-02:
+    connection: press-plc
+    counter: {{holding: 110, type: uint16}}
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_float_counter_register_at_flt_max_is_refused(modbus_server: Callable[..., ModbusServer],
+                                                        tmp_path: Path) -> None:
+    sandbox = start_sandbox()
+    plc = modbus_server()
+    plc.set_value(1, "holding", 100, 100.0, "float32")
+    plc.set(1, "holding", 110, [500])
+    config = write_config(tmp_path / "agent.yaml", MODBUS.format(
+        url=sandbox.url, db=tmp_path / "agent.db", metrics_port=free_port(), port=plc.port))
+    agent = AgentProcess(config, agent_env(sandbox))
+    counts = lambda: {m: sandbox.ledger().counters.get(m, {}).get("count")  # noqa: E731
+                      for m in ("PRESS-01", "PRESS-02")}
+    try:
+        agent.start()
+        wait_until(lambda: "Connection press-plc is up" in agent.output(), 20, message="the PLC connection")
+        time.sleep(0.5)
+        plc.set_value(1, "holding", 100, 3.4028234663852886e38, "float32")  # FLT_MAX: a broken sensor
+        time.sleep(0.5)
+        plc.set_value(1, "holding", 100, 130.0, "float32")
+        plc.set(1, "holding", 110, [520])
+        wait_until(lambda: counts() == {"PRESS-01": 30, "PRESS-02": 20}, 20,
+                   message=f"the good values counted; output:\n{agent.output()}")
+        assert agent.running and agent.terminate() == 0
+        assert "Traceback" not in agent.output()
+    finally:
+        agent.close()
         sandbox.stop()

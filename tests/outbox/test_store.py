@@ -198,6 +198,9 @@ async def test_rebase_of_a_waste_code(box: Outbox) -> None:
         "count": 1003, "waste": [{"code": "Burr", "quantity": 3}, {"code": "Scrap", "quantity": 303}]})]
     stats = (await box.stats(4.0))[0]
     assert dict(stats.acked_waste) == {"Scrap": 300, "Burr": 2}
+    # A lost logic state resumes from the logic's own totals, never from Prodsmart's rebased ones
+    # (Scrap acknowledged as 300 is the logic's 4 plus the offset of 296).
+    assert (await box.known_totals())["A"] == {"count": 13, "waste:Scrap": 4, "waste:Burr": 2}
 
 
 async def test_a_rebase_racing_a_call_in_flight(box: Outbox) -> None:

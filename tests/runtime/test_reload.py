@@ -48,9 +48,9 @@ async def test_a_stop_that_falls_due_during_a_reload_is_sent_once(mosquitto: Mos
     agent = Agent(load_config(path), Credentials(options.api_key, options.api_secret))
     slow = Outbox.commit
 
-    async def slow_commit(self: Outbox, *args: Any) -> None:
+    async def slow_commit(self: Outbox, *args: Any, **kwargs: Any) -> None:
         await asyncio.sleep(0.25)  # a slow disk
-        await slow(self, *args)
+        await slow(self, *args, **kwargs)
 
     pub = await asyncio.to_thread(Publisher, mosquitto.port, "line-gateway")
     task = asyncio.create_task(agent.run())
