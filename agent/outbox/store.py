@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,6 +37,7 @@ from agent.outbox.admin import OutboxAdmin
 from agent.outbox.coalesce import Acked, Lane, LaneCall
 from agent.outbox.delivery import RESPONSE_LIMIT as RESPONSE_LIMIT
 from agent.outbox.delivery import OutboxDelivery
+from agent.outbox.inthread import run_transaction
 from agent.outbox.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 from agent.outbox.types import Call as Call
 from agent.outbox.types import Head as Head
@@ -190,6 +191,17 @@ class Outbox(OutboxDelivery, OutboxAdmin):
                 self._dirty = True  # cancelled: aiosqlite may still run queued statements
                 raise
 
+    async def _tx_in_thread(self, body: Callable[[aiosqlite.Connection], Awaitable[None]]) -> None:
+        """`_tx` for a hot path: the whole body runs in the database thread (see `agent.outbox.inthread`)."""
+        async with self._lock:
+            db = self._live()
+            if self._dirty:
+                await self._rollback(db)
+            try:
+                await run_transaction(db, body)
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
@@ -227,7 +239,8 @@ class Outbox(OutboxDelivery, OutboxAdmin):
                 self._collect_params(event, params)
             else:
                 lanes.setdefault(event.machine, []).append(event)
-        async with self._tx() as db:
+
+        async def write(db: aiosqlite.Connection) -> None:
             if state_rows:
                 await db.executemany(
                     "INSERT INTO state (machine, data) VALUES (?, ?) "
@@ -237,6 +250,8 @@ class Outbox(OutboxDelivery, OutboxAdmin):
             if params:
                 await self._upsert_params(db, params, now)
             await self._enforce_bound(db)
+
+        await self._tx_in_thread(write)
 
     def _collect_params(self, event: ParametersChanged, into: dict[tuple[str, str], str]) -> None:
         for code, value in event.values.items():
