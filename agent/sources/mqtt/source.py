@@ -37,7 +37,7 @@ from agent.sources.mqtt.topics import Router, has_wildcard
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 1000  # messages per commit: bounds how long one batch holds the event loop
+MAX_BATCH = 250  # messages per commit: bounds how long one batch holds the event loop
 COMMIT_GRACE = 5.0  # seconds a stopping source waits for a commit in progress, to ack it
 COMPLAINT_PERIOD = 60.0  # a payload problem is logged once per topic per minute
 MAX_COMPLAINT_TOPICS = 1000
