@@ -48,6 +48,7 @@ class Pipeline:
         self.storage_problem: str | None = None  # the database refuses commits (disk full...)
         self._storage_backoff = Backoff(1.0, 60.0)
         self._retry_at = 0.0
+        self._reading_counters: dict[str, Any] = {}  # connection -> its labelled readings counter
 
     async def emit(self, readings: Sequence[Reading], *, durable: bool = False) -> None:
         done = asyncio.get_running_loop().create_future() if durable else None
@@ -82,9 +83,16 @@ class Pipeline:
             last[(reading.connection, reading.tag)] = reading
             self._events.extend(self.logic.apply(reading, now))
         if batch.readings:
-            self.metrics.readings.labels(batch.readings[0].connection).inc(len(batch.readings))
+            self._readings_of(batch.readings[0].connection).inc(len(batch.readings))
         if batch.done is not None:
             self._waiters.append(batch.done)
+
+    def _readings_of(self, connection: str) -> Any:
+        """The connection's readings counter; looked up once, not on every batch."""
+        counter = self._reading_counters.get(connection)
+        if counter is None:
+            counter = self._reading_counters[connection] = self.metrics.readings.labels(connection)
+        return counter
 
     async def commit(self) -> None:
         """Persist logic state and the calls it produced in one transaction.
