@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,6 +39,7 @@ from agent.outbox.admin import OutboxAdmin
 from agent.outbox.dedupe import DeltaId, attach_ids, store_ids
 from agent.outbox.delivery import RESPONSE_LIMIT as RESPONSE_LIMIT
 from agent.outbox.delivery import OutboxDelivery
+from agent.outbox.inthread import run_transaction
 from agent.outbox.lanes import OutboxLanes
 from agent.outbox.opening import ACCESS, Access, connect, discard_snapshot, open_error, prepare, snapshot
 from agent.outbox.types import Call as Call
@@ -176,6 +177,20 @@ class Outbox(OutboxDelivery, OutboxAdmin, OutboxLanes):
                 self._dirty = True  # cancelled: aiosqlite may still run queued statements
                 raise
 
+    async def _tx_in_thread(self, body: Callable[[aiosqlite.Connection], Awaitable[None]], *,
+                            sync: bool = False) -> None:
+        """`_tx` for a hot path: the whole body runs in the database thread (see `agent.outbox.inthread`);
+        `sync` as for `_tx`."""
+        async with self._lock:
+            db = self._live()
+            if self._dirty:
+                await self._rollback(db)
+            synced = self._synchronous if sync and self._synchronous in ("OFF", "NORMAL") else None
+            try:
+                await run_transaction(db, body, synced=synced)
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
@@ -237,7 +252,8 @@ class Outbox(OutboxDelivery, OutboxAdmin, OutboxLanes):
                 self._collect_params(event, params)
             else:
                 lanes.setdefault(event.machine, []).append(event)
-        async with self._tx(sync=sync) as db:
+
+        async def write(db: aiosqlite.Connection) -> None:
             if state_rows:
                 await db.executemany(
                     "INSERT INTO state (machine, data) VALUES (?, ?) "
@@ -249,6 +265,8 @@ class Outbox(OutboxDelivery, OutboxAdmin, OutboxLanes):
             if delta_ids:
                 await store_ids(db, delta_ids, now)
             await self._enforce_bound(db)
+
+        await self._tx_in_thread(write, sync=sync)
 
     def _collect_params(self, event: ParametersChanged, into: dict[tuple[str, str], str]) -> None:
         for code, value in event.values.items():

@@ -62,6 +62,7 @@ class Pipeline:
         self._failure: Exception | None = None  # why the last _store_one failed
         self._aside_logged: set[tuple[str, str]] = set()
         self._down: set[str] = set()  # connections reported down
+        self._reading_counters: dict[str, Any] = {}  # connection -> its labelled readings counter
 
     async def emit(self, readings: Sequence[Reading], *, durable: bool = False) -> None:
         done = asyncio.get_running_loop().create_future() if durable else None
@@ -149,9 +150,16 @@ class Pipeline:
             except Exception as exc:  # a bug or a value no layer caught: never stop the agent for it
                 self._set_aside("reading", f"{reading.connection} {reading.tag} = {reading.value!r:.60}", exc)
         if batch.readings:
-            self.metrics.readings.labels(batch.readings[0].connection).inc(len(batch.readings))
+            self._readings_of(batch.readings[0].connection).inc(len(batch.readings))
         if batch.done is not None:
             self._waiters.append(batch.done)
+
+    def _readings_of(self, connection: str) -> Any:
+        """The connection's readings counter; looked up once, not on every batch."""
+        counter = self._reading_counters.get(connection)
+        if counter is None:
+            counter = self._reading_counters[connection] = self.metrics.readings.labels(connection)
+        return counter
 
     async def commit(self) -> None:
         """Persist logic state and the calls it produced in one transaction.

@@ -38,7 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 log = logging.getLogger(__name__)
 
 READS_PER_WAKEUP = 256  # packets read per readable event before the loop serves other tasks
-MAX_INBOX = 20_000  # messages waiting for the source; beyond, the socket rests (TCP backpressure)
+MAX_INBOX = 2_000  # messages waiting for the source; beyond, the socket rests (TCP backpressure)
 CLOSE_TIMEOUT = 2.0
 DISCONNECT = b"\xe0\x00"  # MQTT DISCONNECT, no properties: normal disconnection
 

@@ -187,6 +187,25 @@ def id_text(value: Any) -> str:
     raise PayloadError(f"the id {_show(value)} is not a string or a whole number")
 
 
+def _document(text: str, shared: dict[str, Any] | None) -> Any:
+    """The JSON document of a payload, parsed at most once per message when `shared` is given."""
+    if shared is not None and "doc" in shared:
+        doc = shared["doc"]
+        if isinstance(doc, PayloadError):
+            raise PayloadError(str(doc))
+        return doc
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        problem = PayloadError(f"the payload is not JSON: {_show(text)}")
+        if shared is not None:
+            shared["doc"] = problem
+        raise problem from None
+    if shared is not None:
+        shared["doc"] = doc
+    return doc
+
+
 class Decoder:
     """Decodes the payloads of one tag; built once per tag, used for every message."""
 
@@ -201,7 +220,9 @@ class Decoder:
         self.value_type = value_type
         self.numeric = numeric
 
-    def decode(self, payload: bytes | bytearray) -> Decoded:
+    def decode(self, payload: bytes | bytearray, shared: dict[str, Any] | None = None) -> Decoded:
+        """The payload's value for this tag. `shared`: a dict kept for one message while every tag
+        on its topic decodes it, so that its JSON is parsed once, not once per tag."""
         if len(payload) > MAX_PAYLOAD:
             raise PayloadError(f"the payload has {len(payload)} bytes, more than {MAX_PAYLOAD}")
         try:
@@ -210,10 +231,7 @@ class Decoder:
             raise PayloadError("the payload is not UTF-8 text") from None
         if self.json_path is None:
             return Decoded(convert(text, self.value_type, self.numeric))
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            raise PayloadError(f"the payload is not JSON: {_show(text)}") from None
+        doc = _document(text, shared)
         raw = _walk(doc, self.json_path, str(self.json_text))
         if raw is None or isinstance(raw, (dict, list)):
             what = "null" if raw is None else "an object or a list"

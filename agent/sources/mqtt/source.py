@@ -37,7 +37,7 @@ from agent.sources.mqtt.topics import Router, has_wildcard
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 1000  # messages per commit: bounds how long one batch holds the event loop
+MAX_BATCH = 250  # messages per commit: bounds how long one batch holds the event loop
 COMMIT_GRACE = 5.0  # seconds a stopping source waits for a commit in progress, to ack it
 COMPLAINT_PERIOD = 60.0  # a payload problem is logged once per topic per minute
 MAX_COMPLAINT_TOPICS = 1000
@@ -281,21 +281,22 @@ class MqttSource:
             if not routes and seen == "new" and link is not None:
                 link.forget(topic)  # subscribed by an older tag map: the session still had it
             received = wall - max(0.0, mono - message.timestamp)
+            shared: dict[str, Any] = {}  # the message's JSON, parsed once for all its tags
             for route in routes:
                 if seen == "replay" and not route.delta:
                     continue
-                reading = self._reading(route, topic, message, received, wall)
+                reading = self._reading(route, topic, message, received, wall, shared)
                 if reading is not None:
                     out.append(reading)
         return out, marks
 
     def _reading(self, route: _Route, topic: str, message: mqtt.MQTTMessage, received: float,
-                 now: float) -> Reading | None:
+                 now: float, shared: dict[str, Any] | None = None) -> Reading | None:
         if route.delta and message.retain:
             log.debug("%s: retained delta on %s not applied (it is a replay)", self.name, topic)
             return None
         try:
-            decoded = route.decoder.decode(message.payload)
+            decoded = route.decoder.decode(message.payload, shared)
         except PayloadError as exc:
             self.complaints.report(topic, str(exc), now)
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 
@@ -111,6 +112,30 @@ def test_any_bytes_give_a_value_or_a_payload_error(payload: bytes) -> None:
         except PayloadError:
             continue
         assert not isinstance(value, float) or math.isfinite(value)
+
+
+_VALUES = st.one_of(st.integers(-5, 10**6), st.booleans(), st.text(max_size=5), st.none())
+_DOCUMENTS = st.dictionaries(st.sampled_from(["count", "run", "t"]), _VALUES).map(
+    lambda d: json.dumps(d).encode())
+
+
+@given(st.one_of(st.binary(max_size=60), _DOCUMENTS))
+def test_tags_sharing_one_parse_of_a_message_decode_as_each_alone(payload: bytes) -> None:
+    decoders = [Decoder("count", "uint32", numeric=True), Decoder("run", "bool"),
+                Decoder("t", None, id_path="run"), Decoder(None, None)]
+    shared: dict[str, object] = {}
+    for decoder in decoders:
+        alone: Decoded | str
+        together: Decoded | str
+        try:
+            alone = decoder.decode(payload)
+        except PayloadError as exc:
+            alone = str(exc)
+        try:
+            together = decoder.decode(payload, shared)
+        except PayloadError as exc:
+            together = str(exc)
+        assert together == alone
 
 
 def test_paths() -> None:
