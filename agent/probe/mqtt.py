@@ -24,7 +24,8 @@ import paho.mqtt.client as mqtt
 from agent.config.specs import AgentConfig, ConnectionSpec, MachineSpec, tag_roles
 from agent.probe.common import Usage
 from agent.sources.mqtt.config import MqttConnection, MqttTag, MqttTls
-from agent.sources.mqtt.link import LinkError, LinkSettings, MqttLink
+from agent.sources.mqtt.link import MqttLink
+from agent.sources.mqtt.linktypes import LinkError, LinkSettings
 from agent.sources.mqtt.payload import Decoder, PayloadError
 from agent.sources.mqtt.source import tls_factory
 from agent.sources.mqtt.topics import Router, filter_problem

@@ -12,9 +12,7 @@ blocking connect (DNS, TCP, TLS handshake) runs in a worker thread.
 One `MqttLink` is one connection attempt; the source builds a new one to reconnect, so paho's
 own reconnection is never used (`reconnect_on_failure=False`, no `loop_forever`).
 
-Errors: `LinkError` (with a plain `sentence` for the technician and a technical `detail`);
-`ConnectRefused` when the broker answers CONNACK with an error (bad credentials...);
-`LinkLost` when an established connection drops.
+What a link is given and what it raises (settings, errors, grants) is in `agent.sources.mqtt.linktypes`.
 """
 
 from __future__ import annotations
@@ -25,8 +23,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -35,57 +32,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.sources.mqtt.linktypes import ConnectRefused, Granted, LinkError, LinkLost, LinkSettings
+
 log = logging.getLogger(__name__)
 
 READS_PER_WAKEUP = 256  # packets read per readable event before the loop serves other tasks
 MAX_INBOX = 2_000  # messages waiting for the source; beyond, the socket rests (TCP backpressure)
 CLOSE_TIMEOUT = 2.0
 DISCONNECT = b"\xe0\x00"  # MQTT DISCONNECT, no properties: normal disconnection
-
-
-class LinkError(Exception):
-    """The broker cannot be used right now: `sentence` for people, `detail` for the debug log."""
-
-    def __init__(self, sentence: str, detail: str = "") -> None:
-        super().__init__(f"{sentence} ({detail})" if detail else sentence)
-        self.sentence = sentence
-        self.detail = detail
-
-
-class ConnectRefused(LinkError):
-    """The broker answered the connection with an error code (credentials, client id...)."""
-
-
-class LinkLost(LinkError):
-    """An established connection dropped."""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkSettings:
-    host: str
-    port: int
-    client_id: str
-    protocol: str  # "3.1.1" | "5"
-    keepalive: int
-    connect_timeout: float
-    persistent: bool = True  # clean_session=False / clean_start=False: the broker queues for us
-    session_expiry: int = 7 * 86400  # MQTT 5 only
-    username: str | None = None
-    password: str | None = None
-    tls: Callable[[], ssl.SSLContext] | None = None  # built in the worker thread (reads files)
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class Granted:
-    """The broker's answer to one topic filter of a SUBSCRIBE: the QoS it grants, or None."""
-
-    topic_filter: str
-    qos: int | None
-    reason: str
 
 
 class MqttLink:

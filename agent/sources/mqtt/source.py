@@ -31,7 +31,8 @@ from agent.core.backoff import Backoff
 from agent.core.model import Quality, Reading
 from agent.sources.base import SourceContext, TagBinding
 from agent.sources.mqtt.config import MqttConnection, MqttTag, MqttTls
-from agent.sources.mqtt.link import Granted, LinkError, LinkSettings, MqttLink
+from agent.sources.mqtt.link import MqttLink
+from agent.sources.mqtt.linktypes import Granted, LinkError, LinkSettings
 from agent.sources.mqtt.payload import Decoder, PayloadError
 from agent.sources.mqtt.topics import Router, has_wildcard
 

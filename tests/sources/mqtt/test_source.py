@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sources.mqtt.link import LinkLost, LinkSettings, MqttLink
+from agent.sources.mqtt.link import MqttLink
+from agent.sources.mqtt.linktypes import LinkLost, LinkSettings
 from agent.sources.mqtt.source import MqttSource, default_client_id
 from tests.conftest import free_port
 from tests.support.fixtures_mqtt import Mosquitto, Publisher, Recorder, line, mosquitto, running, until
