@@ -15,6 +15,7 @@ from typing import TextIO
 
 from agent import __version__
 from agent.cli.common import ConfigFailed
+from agent.cli.probe import PROTOCOLS, probe_module
 from agent.core.errors import PlainError
 
 EXAMPLES = {
@@ -32,7 +33,6 @@ EXAMPLES = {
 # command -> the module under agent.cli whose `command(args, out)` runs it
 MODULES = {"check": "check", "run": "run", "status": "status", "rebase": "rebase",
            "dead-letters": "dead_letters", "probe": "probe", "demo": "demo"}
-PROBES = ("modbus", "opcua", "mqtt")
 
 
 def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -71,13 +71,11 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     probe = cmd("probe", "Read tags or browse a device while commissioning.")
     proto = probe.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     probing = "probe" in argv
-    for name in PROBES:
+    for name in PROTOCOLS:
         sp = proto.add_parser(name, help=f"probe a {name} device")
         sp.add_argument("--config", help="a configuration file (to read a configured machine's tags)")
         sp.add_argument("--machine", help="with --config: the machine whose tags to read")
         if probing and name in argv:
-            from agent.cli.probe import probe_module
-
             try:
                 probe_module(name).add_arguments(sp)
             except ImportError:

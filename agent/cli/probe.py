@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from agent.cli.common import CommandError, load
 
-PROTOCOLS = ("modbus", "opcua", "mqtt")
+PROTOCOLS = ("modbus", "opcua", "mqtt")  # each has a module in agent.probe
 
 
 def probe_module(protocol: str) -> Any:
