@@ -199,8 +199,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 class Bench:
     """The plant, the sandbox, the sink and the two contenders."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, python: str = sys.executable) -> None:
         self.tmp = tmp
+        self.python = python
         self.broker = Mosquitto(tmp / "mosquitto").start()
         self.parts = {kind: Part(kind, port) for kind, port in
                       (("modbus", free_port()), ("opcua", free_port()), ("mqtt", self.broker.port))}
@@ -227,11 +228,11 @@ class Bench:
     def start_agent(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PRODSMART_API_KEY": "sandbox-key", "PRODSMART_API_SECRET": "sandbox-secret",
                "PYTHONPATH": str(ROOT)}
-        return subprocess.Popen([sys.executable, "-m", "agent", "run", str(self.config)], cwd=ROOT, env=env,
+        return subprocess.Popen([self.python, "-m", "agent", "run", str(self.config)], cwd=ROOT, env=env,
                                 stdout=open(self.tmp / "agent.log", "ab"), stderr=subprocess.STDOUT)
 
     def start_forwarder(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, str(ROOT / "bench" / "footprint_forwarder.py"),
+        return subprocess.Popen([self.python, str(ROOT / "bench" / "footprint_forwarder.py"),
                                  str(self.plan)], cwd=ROOT)
 
     def all_read(self) -> bool:
@@ -299,9 +300,13 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured per window")
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds before each window")
     parser.add_argument("--rounds", type=int, default=2, help="A B pairs")
+    parser.add_argument("--python", default=sys.executable,
+                        help="the Python (venv) the agent and the forwarder run with; default: this one. "
+                             "A venv with the agent alone (`pip install .`) is what a line PC runs: the test "
+                             "extras make httpx import its command line (click, rich, pygments) in both")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
-        bench = Bench(Path(tmp))
+        bench = Bench(Path(tmp), args.python)
         try:
             runs: dict[str, list[tuple[float, float, float]]] = {"agent": [], "forwarder": []}
             for _ in range(args.rounds):

@@ -107,8 +107,11 @@ def _explain(exc: sqlite3.Error) -> str:
     return "the database failed"
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once: a commit encodes many
+
+
 def _j(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def _param_value(value: Any) -> str | None:

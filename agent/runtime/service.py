@@ -83,7 +83,8 @@ class Agent:
 
     def _context(self, pipeline: Pipeline) -> SourceContext:
         return SourceContext(emit=pipeline.emit, connection_up=self._up, connection_down=self._down,
-                             secret=connection_secret, metrics=self.metrics)
+                             secret=connection_secret, metrics=self.metrics,
+                             commit_interval=pipeline.commit_interval)
 
     async def _run_sources(self, config: AgentConfig, ctx: SourceContext) -> None:
         async with asyncio.TaskGroup() as group:

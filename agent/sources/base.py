@@ -51,6 +51,9 @@ class SourceContext:
     # secret(connection, field) -> value from the environment / credentials, or None.
     secret: Callable[[str, str], str | None]
     metrics: Any = None
+    # The pipeline's group commit interval: how long a source may hold a batch (and the broker's
+    # acknowledgements) to have one commit cover more of it.
+    commit_interval: float = 0.2
 
 
 class Source(Protocol):

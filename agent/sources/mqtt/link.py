@@ -54,6 +54,7 @@ class MqttLink:
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._inbox: list[mqtt.MQTTMessage] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._wanted = 1  # messages in the inbox that wake next_batch
         self._lost: LinkLost | None = None
         self._fd: int | None = None
         self._misc: asyncio.TimerHandle | None = None
@@ -230,7 +231,7 @@ class MqttLink:
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         self._inbox.append(message)
         self.received += 1
-        if self._waiter is not None and not self._waiter.done():
+        if self._waiter is not None and len(self._inbox) >= self._wanted and not self._waiter.done():
             self._waiter.set_result(None)
         if len(self._inbox) >= MAX_INBOX and not self._paused and self._fd is not None:
             # A broker that lets us hold unlimited unacknowledged messages (max_inflight_messages 0)
@@ -277,19 +278,46 @@ class MqttLink:
         return [Granted(f, None if c.is_failure else c.value, str(c))
                 for f, c in zip(filters, codes, strict=False)]
 
-    async def next_batch(self, limit: int) -> list[mqtt.MQTTMessage]:
-        """The messages received so far (at least one, at most `limit`), oldest first."""
-        while not self._inbox:
-            if self._lost is not None:
-                raise self._lost
-            self._waiter = self._loop.create_future()
-            await self._waiter
+    async def next_batch(self, limit: int, *, fill: int = 1, within: float = 0.0,
+                         quiet: float = 0.0) -> list[mqtt.MQTTMessage]:
+        """The messages received so far (at least one, at most `limit`), oldest first.
+
+        `fill`, `within`, `quiet`: once a message is there, wait up to `within` seconds for `fill`
+        of them, so that one commit (and one burst of PUBACKs) covers them all; stop waiting as
+        soon as none came for `quiet` seconds (the broker may be holding the rest until it gets
+        our acknowledgements: its in-flight window can be smaller than `fill`)."""
+        await self._wait_for(1)
+        deadline = self._loop.time() + within
+        while len(self._inbox) < fill and self._lost is None:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                break
+            have = len(self._inbox)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, quiet) if quiet > 0 else remaining):
+                    await self._wait_for(have + 1)
+            if len(self._inbox) == have:
+                break
         batch, self._inbox = self._inbox[:limit], self._inbox[limit:]
         if self._paused and len(self._inbox) < MAX_INBOX // 2 and self._fd is not None:
             self._paused = False
             self._loop.add_reader(self._fd, self._on_readable)
             self._loop.call_soon(self._on_readable)  # TLS may hold decrypted bytes the fd does not show
         return batch
+
+    async def _wait_for(self, count: int) -> None:
+        """Until the inbox holds `count` messages; raises the loss of the link if it has none."""
+        while len(self._inbox) < count:
+            if self._lost is not None:
+                if self._inbox:
+                    return  # what came before the loss is still to be handled
+                raise self._lost
+            self._wanted = count
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._wanted = 1
 
     def forget(self, topic: str) -> None:
         """Unsubscribe a topic nothing wants any more (once per connection; no waiting for UNSUBACK)."""
