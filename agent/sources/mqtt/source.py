@@ -42,9 +42,10 @@ MAX_BATCH = 250  # messages per commit: bounds how long one batch holds the even
 # A batch waits (at most a group commit's interval) for this many messages, so that a commit (and
 # its sync) covers a burst instead of each message or two of it: half of Mosquitto's default
 # in-flight window (max_inflight_messages 20), RabbitMQ's whole one (prefetch 10). It stops waiting
-# once no message came for ACK_QUIET seconds: a broker with a smaller window waits for our PUBACKs.
-# 50 ms, not less: a burst often reaches us as one message, then the rest ~40 ms later (Nagle's
-# algorithm at the broker waiting for our delayed TCP ACK).
+# once no message came for ACK_QUIET seconds: a broker with a smaller window waits for our PUBACKs
+# (and the next batch waits for no more than this one had). 50 ms, not less: a burst often
+# reaches us as one message, then the rest ~40 ms later (Nagle's algorithm at the broker waiting
+# for our delayed TCP ACK).
 ACK_BATCH = 10
 ACK_QUIET = 0.05
 COMMIT_GRACE = 5.0  # seconds a stopping source waits for a commit in progress, to ack it
@@ -240,9 +241,14 @@ class MqttSource:
                             "the agent is away are lost", self.name, self.where, ", ".join(degraded))
 
     async def _consume(self, link: MqttLink) -> None:
+        fill = ACK_BATCH
         while True:
-            batch = await link.next_batch(MAX_BATCH, fill=ACK_BATCH, within=self.ctx.commit_interval,
-                                         quiet=ACK_QUIET)
+            batch = await link.next_batch(MAX_BATCH, fill=fill, within=self.ctx.commit_interval,
+                                          quiet=ACK_QUIET)
+            # The next batch waits for as many as this one had (up to ACK_BATCH): a broker whose
+            # in-flight window is smaller sends no more before our PUBACKs, and a quiet topic
+            # needs no wait; a burst that finds the batch smaller enlarges the next one.
+            fill = min(ACK_BATCH, len(batch))
             readings, marks = self.decode(batch, link)
             if readings:
                 await self._commit(readings, link, marks)

@@ -69,12 +69,13 @@ async def test_a_lone_message_waits_only_for_a_pause_in_the_flow(tmp_path: Path)
 
 
 async def test_a_broker_window_smaller_than_the_batch_does_not_stall_the_source(tmp_path: Path) -> None:
-    """max_inflight_messages 2: the broker holds the rest until our PUBACKs, so waiting for a
-    batch of ACK_BATCH would wait the whole commit interval (5 s here) each time."""
-    async with source_on(tmp_path, inflight=2, commit_interval=5.0) as (rec, pub):
+    """max_inflight_messages 1 (strict order): the broker holds the rest until our PUBACK, so
+    waiting for a batch of ACK_BATCH would wait the whole commit interval (5 s here) each time,
+    and waiting for a pause 50 ms each time; the batch follows the window instead."""
+    async with source_on(tmp_path, inflight=1, commit_interval=5.0) as (rec, pub):
         start = time.monotonic()
-        await asyncio.to_thread(pub.many, burst(50, 0))
-        await until(lambda: len(rec.readings) == 50, within=20, what="50 messages")
+        await asyncio.to_thread(pub.many, burst(100, 0))
+        await until(lambda: len(rec.readings) == 100, within=60, what="100 messages")
         took = time.monotonic() - start
-    assert took < 2.5, f"50 messages through a window of 2 took {took:.1f} s"
-    assert sorted(r.value for r in rec.readings) == list(range(50))
+    assert took < 2.0, f"100 messages through a window of 1 took {took:.1f} s"
+    assert sorted(r.value for r in rec.readings) == list(range(100))
