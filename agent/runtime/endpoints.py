@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.config.specs import machine_tags
 from agent.outbox.types import StorageError
+from agent.runtime.console.auth import host_is_loopback, is_loopback
 from agent.runtime.console.web import Console, Request, Response, read_request
 from agent.runtime.service import Agent
 from agent.runtime.systemd import Notifier
@@ -98,8 +99,22 @@ async def status_document(agent: Agent) -> dict[str, object]:
     return doc
 
 
-async def _route(agent: Agent, console: Console | None, request: Request) -> Response:
+MISADDRESSED = b"This listener answers requests addressed to this machine only (127.0.0.1, localhost, ::1).\n"
+
+
+def misaddressed(request: Request) -> bool:
+    """On a loopback listener: a request whose Host names another machine. A web page whose domain
+    name was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name there, and must not read
+    the tag values of /status or the metrics from the line PC's browser. Browsers always send a
+    Host; a probe without one (an HTTP/1.0 health check) is answered."""
+    host = request.headers.get("host")
+    return host is not None and not host_is_loopback(host)
+
+
+async def _route(agent: Agent, console: Console | None, request: Request, loopback: bool) -> Response:
     path = request.path
+    if loopback and not (console is not None and console.serves(path)) and misaddressed(request):
+        return Response(403, "text/plain; charset=utf-8", MISADDRESSED)  # the console has its own door
     if path.startswith("/metrics"):
         return Response(200, CONTENT_TYPE_LATEST, generate_latest(agent.metrics.registry))
     if path.startswith("/status"):
@@ -120,10 +135,10 @@ async def _route(agent: Agent, console: Console | None, request: Request) -> Res
     return Response(404, "text/plain", b"not found: try /metrics or /healthz\n")
 
 
-async def _handle(agent: Agent, console: Console | None, reader: asyncio.StreamReader,
+async def _handle(agent: Agent, console: Console | None, loopback: bool, reader: asyncio.StreamReader,
                   writer: asyncio.StreamWriter) -> None:
     try:
-        response = await _route(agent, console, await read_request(reader))
+        response = await _route(agent, console, await read_request(reader), loopback)
         reason = REASONS.get(response.status, "OK")
         head = f"HTTP/1.1 {response.status} {reason}\r\nContent-Type: {response.ctype}\r\n" \
                f"Content-Length: {len(response.body)}\r\n"
@@ -141,7 +156,9 @@ async def _handle(agent: Agent, console: Console | None, reader: asyncio.StreamR
 async def serve_http(agent: Agent, listen: str, console: Console | None = None) -> asyncio.Server:
     """/metrics, /healthz and /status; with `console`, the browser console at / and /api/status."""
     host, _, port = listen.rpartition(":")
-    return await asyncio.start_server(lambda r, w: _handle(agent, console, r, w), host.strip("[]"), int(port))
+    loopback = is_loopback(listen)
+    return await asyncio.start_server(lambda r, w: _handle(agent, console, loopback, r, w), host.strip("[]"),
+                                      int(port))
 
 
 async def supervise(agent: Agent, notifier: Notifier) -> None:

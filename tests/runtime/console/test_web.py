@@ -100,12 +100,21 @@ async def test_the_page_its_files_and_the_json_on_loopback(loopback: int) -> Non
 
 
 async def test_a_request_for_another_host_name_is_refused_on_loopback(loopback: int) -> None:
-    """DNS rebinding: a web page whose name now points at 127.0.0.1 must not read the console."""
-    for path in ("/", "/api/status"):
+    """DNS rebinding: a web page whose name now points at 127.0.0.1 must not read the console,
+    nor the tag values of /status, the metrics or the health problems."""
+    for path in ("/", "/api/status", "/status", "/metrics", "/healthz"):
         status, _, body = await get(loopback, path, Host=f"evil.example:{loopback}")
-        assert status == 403 and b"machines" not in body
-    assert (await get(loopback, "/api/status", Host=f"localhost:{loopback}"))[0] == 200
-    assert (await get(loopback, "/metrics", Host="evil.example"))[0] == 200  # as before
+        assert status == 403 and b"machines" not in body and b"prodsmart_edge" not in body, path
+        assert (await get(loopback, path, Host=f"localhost:{loopback}"))[0] in (200, 503), path
+    assert (await get(loopback, "/metrics", Host=f"[::1]:{loopback}"))[0] == 200
+    # A probe that sends no Host at all (HTTP/1.0) is no browser: answered.
+    assert (await _ask(loopback, b"GET /metrics HTTP/1.0\r\n\r\n"))[0] == 200
+
+
+async def test_beyond_loopback_the_metrics_answer_any_host_name(open_listener: int) -> None:
+    """Prometheus scrapes a line PC by whatever name or address it knows it by."""
+    for host in ("line3-pc.plant.example:9108", "192.168.10.5"):
+        assert (await get(open_listener, "/metrics", Host=host))[0] == 200
 
 
 async def test_what_is_not_http_is_dropped_and_the_listener_goes_on(loopback: int) -> None:
