@@ -58,22 +58,26 @@ class Response:
 
 
 async def read_request(reader: asyncio.StreamReader, timeout: float = 5.0) -> Request:  # noqa: ASYNC109
-    """One HTTP/1.x request (headers lower-cased, a small body); raises ValueError if malformed."""
-    line = (await asyncio.wait_for(reader.readline(), timeout)).decode("latin-1")
-    parts = line.split()
-    if len(parts) < 2:
-        raise ValueError("not an HTTP request")
-    headers: dict[str, str] = {}
-    for _ in range(MAX_HEADERS):
-        raw = await asyncio.wait_for(reader.readline(), timeout)
-        if raw in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = raw.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0") or 0)
-    if not 0 <= length <= MAX_BODY:
-        raise ValueError("body too large")
-    body = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b""
+    """One HTTP/1.x request (headers lower-cased, a small body), read within `timeout` seconds in
+    all: a client dripping its headers cannot hold the connection. Raises ValueError if malformed,
+    TimeoutError if too slow. (asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+    cancellation that stops the listener.)"""
+    async with asyncio.timeout(timeout):
+        line = (await reader.readline()).decode("latin-1")
+        parts = line.split()
+        if len(parts) < 2:
+            raise ValueError("not an HTTP request")
+        headers: dict[str, str] = {}
+        for _ in range(MAX_HEADERS):
+            raw = await reader.readline()
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = raw.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0") or 0)
+        if not 0 <= length <= MAX_BODY:
+            raise ValueError("body too large")
+        body = await reader.readexactly(length) if length else b""
     url = urlsplit(parts[1])
     return Request(parts[0].upper(), url.path or "/", parse_qs(url.query), headers, body)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.config.loader import parse_config
-from agent.runtime.console.web import Console
+from agent.runtime.console.web import Console, read_request
 from agent.runtime.endpoints import serve_http
 from agent.runtime.service import Agent
 from agent.uplink.client import Credentials
@@ -126,6 +126,25 @@ async def test_what_is_not_http_is_dropped_and_the_listener_goes_on(loopback: in
         assert b"200 OK" not in await asyncio.wait_for(reader.read(), 10)
         writer.close()
     assert (await get(loopback, "/api/status"))[0] == 200
+
+
+async def test_a_client_dripping_its_headers_is_cut_off_at_the_deadline() -> None:
+    """The deadline is for the whole request, not for each line (which let a client that sends a
+    header every few seconds hold the connection for minutes)."""
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"GET /status HTTP/1.1\r\n")
+
+    async def drip() -> None:
+        for i in range(20):
+            await asyncio.sleep(0.2)
+            reader.feed_data(f"X-Slow-{i}: y\r\n".encode())
+
+    dripping = asyncio.create_task(drip())
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await read_request(reader, timeout=1.0)
+    dripping.cancel()
+    assert time.monotonic() - start < 1.5
 
 
 async def test_beyond_loopback_the_token_opens_the_console(open_listener: int) -> None:
