@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agent.config.specs import machine_tags
 from agent.outbox.types import StorageError
 from agent.runtime.console.auth import host_is_loopback, is_loopback
-from agent.runtime.console.web import Console, Request, Response, read_request
+from agent.runtime.console.web import WRONG_HOST, Console, Request, Response, read_request
 from agent.runtime.service import Agent
 from agent.runtime.systemd import Notifier
 
@@ -99,9 +99,6 @@ async def status_document(agent: Agent) -> dict[str, object]:
     return doc
 
 
-MISADDRESSED = b"This listener answers requests addressed to this machine only (127.0.0.1, localhost, ::1).\n"
-
-
 def misaddressed(request: Request) -> bool:
     """On a loopback listener: a request whose Host names another machine. A web page whose domain
     name was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name there, and must not read
@@ -114,7 +111,7 @@ def misaddressed(request: Request) -> bool:
 async def _route(agent: Agent, console: Console | None, request: Request, loopback: bool) -> Response:
     path = request.path
     if loopback and not (console is not None and console.serves(path)) and misaddressed(request):
-        return Response(403, "text/plain; charset=utf-8", MISADDRESSED)  # the console has its own door
+        return Response(403, "text/plain; charset=utf-8", WRONG_HOST)  # the console has its own door
     if path.startswith("/metrics"):
         return Response(200, CONTENT_TYPE_LATEST, generate_latest(agent.metrics.registry))
     if path.startswith("/status"):

@@ -37,7 +37,7 @@ SECURITY = {"Content-Security-Policy": "default-src 'self'; script-src 'self'; s
 OFF = (b"The console is off on this listener: it can be reached from other machines, so it needs a "
        b"token. Set PRODSMART_EDGE_CONSOLE_TOKEN (at least 16 characters) in the environment, the env "
        b"file or a systemd credential, or listen on 127.0.0.1.\n")
-WRONG_HOST = b"The console answers requests addressed to this machine only (127.0.0.1, localhost, ::1).\n"
+WRONG_HOST = b"This listener answers requests addressed to this machine only (127.0.0.1, localhost, ::1).\n"
 
 
 @dataclass

@@ -54,7 +54,6 @@ class MqttLink:
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._inbox: list[mqtt.MQTTMessage] = []
         self._waiter: asyncio.Future[None] | None = None
-        self._wanted = 1  # messages in the inbox that wake next_batch
         self._lost: LinkLost | None = None
         self._fd: int | None = None
         self._misc: asyncio.TimerHandle | None = None
@@ -231,7 +230,7 @@ class MqttLink:
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         self._inbox.append(message)
         self.received += 1
-        if self._waiter is not None and len(self._inbox) >= self._wanted and not self._waiter.done():
+        if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         if len(self._inbox) >= MAX_INBOX and not self._paused and self._fd is not None:
             # A broker that lets us hold unlimited unacknowledged messages (max_inflight_messages 0)
@@ -312,12 +311,8 @@ class MqttLink:
                 if self._inbox:
                     return  # what came before the loss is still to be handled
                 raise self._lost
-            self._wanted = count
             self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._wanted = 1
+            await self._waiter
 
     def forget(self, topic: str) -> None:
         """Unsubscribe a topic nothing wants any more (once per connection; no waiting for UNSUBACK)."""
